@@ -1,0 +1,7 @@
+"""The one exception the codec raises for bad input, so callers can reject a frame alone."""
+
+from __future__ import annotations
+
+
+class CodecError(ValueError):
+    """Invalid, truncated or corrupted codec input; the message says what is wrong."""
