@@ -1,0 +1,27 @@
+"""Typed configuration of the cloud node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class AlertConfig(BaseModel):
+    """Alert hysteresis, so that one noisy frame neither opens nor closes an alert on its own.
+
+    An alert opens on the first anomalous frame, stays open while frames are anomalous and closes after
+    ``close_after`` consecutive normal frames.
+    """
+
+    close_after: int = Field(5, ge=1, description="consecutive normal frames that close an open alert")
+
+
+class CloudConfig(BaseModel):
+    artifact: Path
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = Field(50051, ge=1, le=65535)
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(8000, ge=1, le=65535)
+    db_url: str = "sqlite:///infocut.db"
+    alert: AlertConfig = Field(default_factory=AlertConfig)
