@@ -291,6 +291,20 @@ class Store:
         session.flush()
         return None, AlertOut.model_validate(alert)
 
+    def stored(self, camera_id: str, seq: int) -> tuple[float, bool] | None:
+        """(score, is_anomaly) of a frame already stored, so a retried frame skips the tail."""
+        with self._read() as session:
+            row = session.execute(
+                select(Score.score, Score.is_anomaly).where(Score.camera_id == camera_id, Score.seq == int(seq))
+            ).one_or_none()
+            return None if row is None else (row.score, row.is_anomaly)
+
+    def last_seq(self, camera_id: str) -> int:
+        """The highest sequence number stored for the camera, -1 when none (a restarted edge resumes after it)."""
+        with self._read() as session:
+            value = session.scalar(select(func.max(Score.seq)).where(Score.camera_id == camera_id))
+            return -1 if value is None else int(value)
+
     def list_alerts(
         self,
         camera_id: str | None = None,

@@ -1,0 +1,54 @@
+# infocut: `make demo` and `make test` work on a fresh machine (they create .venv themselves).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+
+.PHONY: demo test lint artifact protos bench clip clean
+
+# Stamps record which extras the venv holds, so each target installs only what it needs.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.cloud: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e '.[cloud]'
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e '.[dev]'
+	touch $@ $(VENV)/.cloud
+
+## demo: cloud + edge on loopback streaming the bundled Ped2 clip; REST on :8000 (no torch needed)
+demo: $(VENV)/.cloud
+	$(BIN)/infocut demo
+
+## test: the whole suite (needs ../shared for the Ped2 and model tests; they skip without it)
+test: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+
+## artifact: rebuild the committed demo artifact from the shared ResNet-20 weights and Ped2
+artifact: $(VENV)/.dev
+	$(BIN)/infocut split resnet20 --cut $(DEMO_CUT) --bits $(DEMO_BITS) --out artifacts/demo
+
+DEMO_CUT  ?= layer2_0
+DEMO_BITS ?= 6
+
+## protos: regenerate the gRPC stubs (tests/test_protos.py checks they are current)
+protos: $(VENV)/.dev
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/infocut.proto
+
+## bench: per-cut rate / latency / AUROC of the ResNet-20 split (bench/results/slice.json)
+bench: $(VENV)/.dev
+	$(BIN)/python bench/slice.py
+
+## clip: rebuild assets/ped2_test01.mp4 from ../shared
+clip: $(VENV)/.dev
+	$(BIN)/python bench/make_clip.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,145 @@
+"""The Ingest gRPC service: decode -> tail -> score -> store -> ack, one frame at a time per camera.
+
+A frame is acked only after its result is durably stored, and (camera id, seq) is the key of that
+store, so an edge that resends after a reconnect gets the stored result back and nothing is
+counted twice. A bad frame gets an error result of its own; the stream goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+
+import grpc
+
+import infocut
+from cloud import metrics
+from cloud.store import Store
+from cloud.tail import CameraHistory, Tail
+from codec import CodecError, decode_frame
+from infocut.artifact import Artifact
+from protos import infocut_pb2 as pb
+from protos import infocut_pb2_grpc as pb_grpc
+
+log = logging.getLogger("infocut.cloud")
+
+ARTIFACT_HEADER = "x-infocut-artifact-id"
+OK, INVALID_ARGUMENT, FAILED_PRECONDITION, INTERNAL = 0, 3, 9, 13
+
+
+def result(frame: pb.Frame, code: int = OK, message: str = "", **kw) -> pb.FrameResult:
+    return pb.FrameResult(
+        camera_id=frame.camera_id, seq=frame.seq, status=pb.Status(code=code, message=message), **kw
+    )
+
+
+class IngestService(pb_grpc.IngestServicer):
+    def __init__(self, artifact: Artifact, store: Store, tail: Tail | None = None):
+        self.artifact = artifact
+        self.store = store
+        self.tail = tail or Tail(artifact)
+        self.history = CameraHistory()
+        self.threshold = artifact.threshold
+        self._camera_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def mismatch(self, theirs: str) -> str:
+        m = self.artifact.manifest
+        return (
+            f"artifact mismatch: the edge holds {theirs or '(none)'}, this cloud serves {self.artifact.id} "
+            f"({m['model']['name']} cut at {m['cut']['name']}, {self.artifact.bits} bits, {self.artifact.coder}); "
+            "deploy the same artifact on both nodes"
+        )
+
+    async def Handshake(self, request, context):
+        if request.artifact_id != self.artifact.id:
+            metrics.FRAME_ERRORS.labels(reason="artifact_mismatch").inc()
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, self.mismatch(request.artifact_id))
+        last = await asyncio.to_thread(self.store.last_seq, request.camera_id) if request.camera_id else -1
+        m = self.artifact.manifest
+        return pb.HandshakeReply(
+            artifact_id=self.artifact.id,
+            model=m["model"]["name"],
+            cut=m["cut"]["name"],
+            server_version=infocut.__version__,
+            last_seq=last,
+        )
+
+    async def Stream(self, request_iterator, context):
+        theirs = dict(context.invocation_metadata()).get(ARTIFACT_HEADER, "")
+        if theirs != self.artifact.id:
+            metrics.FRAME_ERRORS.labels(reason="artifact_mismatch").inc()
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, self.mismatch(theirs))
+        metrics.STREAMS.inc()
+        try:
+            async for frame in request_iterator:
+                yield await self.process(frame)
+        finally:
+            metrics.STREAMS.dec()
+
+    async def Submit(self, request, context):
+        return await self.process(request)
+
+    async def process(self, frame: pb.Frame) -> pb.FrameResult:
+        """Score and store one frame; every failure becomes this frame's error result."""
+        if not frame.camera_id:
+            metrics.FRAME_ERRORS.labels(reason="invalid").inc()
+            return result(frame, INVALID_ARGUMENT, "camera_id is empty")
+        if frame.artifact_id != self.artifact.id:
+            metrics.FRAME_ERRORS.labels(reason="artifact_mismatch").inc()
+            return result(frame, FAILED_PRECONDITION, self.mismatch(frame.artifact_id))
+        async with self._camera_locks[frame.camera_id]:
+            try:
+                return await asyncio.to_thread(self._process, frame)
+            except CodecError as e:
+                metrics.FRAME_ERRORS.labels(reason="corrupt").inc()
+                log.warning("camera %s seq %d rejected: %s", frame.camera_id, frame.seq, e)
+                return result(frame, INVALID_ARGUMENT, f"corrupt frame: {e}")
+            except ValueError as e:  # a frame the store refuses (bad seq, camera id too long, ...)
+                metrics.FRAME_ERRORS.labels(reason="invalid").inc()
+                return result(frame, INVALID_ARGUMENT, str(e))
+            except Exception as e:  # never let one frame take the stream down
+                metrics.FRAME_ERRORS.labels(reason="internal").inc()
+                log.exception("camera %s seq %d failed", frame.camera_id, frame.seq)
+                return result(frame, INTERNAL, f"internal error: {type(e).__name__}")
+
+    def _process(self, frame: pb.Frame) -> pb.FrameResult:
+        stored = self.store.stored(frame.camera_id, frame.seq)
+        if stored is not None:
+            metrics.DUPLICATES.labels(camera_id=frame.camera_id).inc()
+            return result(frame, score=stored[0], is_anomaly=stored[1], duplicate=True)
+        decoded = decode_frame(frame.tensor)
+        self._check(decoded)
+        t0 = time.perf_counter()
+        scored = self.tail(decoded.tensors, self.history.previous(frame.camera_id, frame.seq))
+        metrics.TAIL_SECONDS.observe(time.perf_counter() - t0)
+        is_anomaly = scored.score >= self.threshold
+        capture = datetime.fromtimestamp(frame.capture_time_us / 1e6, UTC)
+        rec = self.store.record(frame.camera_id, frame.seq, capture, scored.score, is_anomaly, len(frame.tensor))
+        self.history.update(frame.camera_id, frame.seq, scored.features)
+        if rec.duplicate:  # raced with another stream of the same camera: the first one counts
+            metrics.DUPLICATES.labels(camera_id=frame.camera_id).inc()
+        else:
+            metrics.FRAMES.labels(camera_id=frame.camera_id).inc()
+            metrics.FRAME_BYTES.observe(len(frame.tensor))
+            metrics.E2E_SECONDS.observe(max(0.0, time.time() - frame.capture_time_us / 1e6))
+        if rec.alert_opened is not None:
+            metrics.ALERTS_OPENED.labels(camera_id=frame.camera_id).inc()
+            a = rec.alert_opened
+            log.info("alert %d opened: camera %s seq %d score %.3f", a.id, a.camera_id, a.start_seq, a.peak_score)
+        if rec.alert_closed is not None:
+            a = rec.alert_closed
+            log.info("alert %d closed: camera %s seq %d..%d peak %.3f", a.id, a.camera_id, a.start_seq, a.end_seq,
+                     a.peak_score)
+        return result(frame, score=rec.score, is_anomaly=rec.is_anomaly, duplicate=rec.duplicate)
+
+    def _check(self, decoded) -> None:
+        """The frame must be what this artifact's head produces: one frame, the cut's shapes and bits."""
+        want = [(1, *shape) for shape in self.artifact.cut_shapes]
+        shapes = [tuple(t.shape) for t in decoded.tensors]
+        if shapes != want:
+            raise CodecError(f"wrong shape: frame carries {shapes}, the artifact's cut is {want}")
+        if decoded.bits != self.artifact.bits:
+            raise CodecError(f"frame coded at {decoded.bits} bits, the artifact quantizes to {self.artifact.bits}")

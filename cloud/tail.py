@@ -1,0 +1,58 @@
+"""The tail: tail.onnx in onnxruntime, with the per-camera feature history it needs.
+
+The scorer compares each frame's features with the camera's previous frame's, so the tail is
+stateful: `CameraHistory` keeps, per camera, the last frame's sequence number and features.
+A frame continues the history only when it directly follows it (seq = last + 1); after a gap,
+a restart or out-of-order delivery it is scored without motion rather than against the wrong
+frame, so the same frames in the same order give the same scores everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.head import session
+from infocut.artifact import Artifact
+
+
+@dataclass
+class Scored:
+    score: float
+    anomaly_map: np.ndarray
+    features: np.ndarray
+
+
+class Tail:
+    def __init__(self, artifact: Artifact, threads: int = 0, providers: list[str] | None = None):
+        self.artifact = artifact
+        self.sess = session(artifact.tail_path, threads, providers)
+        state = artifact.manifest["scorer"]["state"]
+        self.state_shape = tuple(state["shape"])
+
+    def __call__(self, codes: list[np.ndarray], prev: np.ndarray | None) -> Scored:
+        """Score one frame (batch of 1) given the previous frame's features, or None."""
+        has = np.ones(1, np.float32) if prev is not None else np.zeros(1, np.float32)
+        if prev is None:
+            prev = np.zeros((1, *self.state_shape), np.float32)
+        score, amap, feats = self.sess.run(
+            None, {"codes": codes[0], "prev_features": prev, "has_prev": has}
+        )
+        return Scored(float(score[0]), amap[0], feats)
+
+
+class CameraHistory:
+    """camera id -> (seq, features) of the last frame scored."""
+
+    def __init__(self):
+        self._last: dict[str, tuple[int, np.ndarray]] = {}
+
+    def previous(self, camera_id: str, seq: int) -> np.ndarray | None:
+        last = self._last.get(camera_id)
+        return last[1] if last is not None and last[0] == seq - 1 else None
+
+    def update(self, camera_id: str, seq: int, features: np.ndarray) -> None:
+        last = self._last.get(camera_id)
+        if last is None or seq > last[0]:
+            self._last[camera_id] = (seq, features)

@@ -1,0 +1,26 @@
+"""The head: head.onnx in onnxruntime, raw frames in, integer codes out."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from infocut.artifact import Artifact
+
+
+def session(path, threads: int = 0, providers: list[str] | None = None) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+
+
+class Head:
+    def __init__(self, artifact: Artifact, threads: int = 0, providers: list[str] | None = None):
+        self.artifact = artifact
+        self.sess = session(artifact.head_path, threads, providers)
+        self.size = artifact.input_size
+
+    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+        """(N, H, W, 3) uint8 RGB at the manifest's input size -> one (N, C, h, w) uint8 array per cut tensor."""
+        return self.sess.run(None, {"image": images})

@@ -1,0 +1,3 @@
+from infocut.cli import app
+
+app()

@@ -1,0 +1,1 @@
+"""The offline splitter (torch): list cuts, quantize the cut, fit the scorer, export artifacts."""

@@ -1,0 +1,211 @@
+"""Write an artifact: head.onnx, tail.onnx and manifest.json for one (model, cut, bits, coder).
+
+Everything the edge and cloud need is in the artifact and nothing in it is code: the graphs are
+ONNX, the quantizer and scorer parameters are ONNX initializers and JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+import codec
+import infocut
+from infocut import ped2
+from infocut.artifact import sha256_file, write_manifest
+from splitter.cuts import Cut, find_cut, list_cuts, split
+from splitter.features import run_videos
+from splitter.graphs import AnomalyTailGraph, ClassifierTailGraph, Dequantize, HeadGraph, Preprocess, Quantize
+from splitter.loader import KNOWN, load_model, resolve
+from splitter.models.resnet_cifar import IMAGENET_MEAN, IMAGENET_STD
+from splitter.scorer import MotionKnnScorer, ScorerFit
+
+OPSET = 17
+HELDOUT = ("04", "08", "12", "16")  # normal training videos kept out of the bank to set the threshold
+
+
+@dataclass
+class SplitConfig:
+    model: str = "resnet20"
+    weights: str | None = None
+    cut: str = "layer2_0"
+    bits: int = 8
+    coder: str = "zstd"
+    per_channel: bool = True
+    percentile: float = 99.99
+    task: str = "anomaly"  # or "classify"
+    input_size: tuple[int, int] | None = None
+    feature_layer: str = "layer2_2"
+    bank_size: int = 1024
+    topk: int = 20
+    threshold_quantile: float = 0.995
+    calib_stride: int = 5  # every n-th training frame calibrates the quantizer
+    heldout: tuple[str, ...] = field(default=HELDOUT)
+
+    def size(self) -> tuple[int, int]:
+        if self.input_size:
+            return tuple(self.input_size)
+        return KNOWN[self.model].input_size if self.model in KNOWN else (224, 224)
+
+
+class Splitter:
+    """One model prepared for splitting: loads it once, caches what every cut shares."""
+
+    def __init__(self, cfg: SplitConfig, quiet: bool = False):
+        self.cfg, self.quiet = cfg, quiet
+        self.model = load_model(cfg.model, cfg.weights)
+        self.size = cfg.size()
+        self.preprocess = Preprocess(IMAGENET_MEAN, IMAGENET_STD)
+        upto = cfg.feature_layer if cfg.task == "anomaly" else None
+        self.upto = upto
+        self.cuts = list_cuts(self.model, self.size, upto=upto)
+        self._scorer: MotionKnnScorer | None = None
+
+    # -- shared across cuts ---------------------------------------------------------------
+    def training_videos(self, heldout: bool) -> dict[str, list[Path]]:
+        vids = ped2.videos("training")
+        return {k: v for k, v in vids.items() if (k in self.cfg.heldout) == heldout}
+
+    def features_until(self, name: str) -> nn.Sequential:
+        cut = find_cut(list_cuts(self.model, self.size), name)
+        head, _ = split(self.model, cut)
+        return nn.Sequential(self.preprocess, head).eval()
+
+    def scorer(self) -> MotionKnnScorer:
+        """Fit (once) the k-NN motion scorer on the float model's features of normal videos."""
+        if self._scorer is None:
+            fit = ScorerFit()
+            net = self.features_until(self.cfg.feature_layer)
+            for _, feats in run_videos(net, self.training_videos(False), self.size, "fit scorer", quiet=self.quiet):
+                fit.add_video(feats)
+            self._scorer = fit.build(self.cfg.bank_size, self.cfg.topk).eval()
+        return self._scorer
+
+    # -- per cut ----------------------------------------------------------------------------
+    def calibrate(self, cut: Cut, bits: int) -> codec.QuantParams:
+        net = nn.Sequential(self.preprocess, split(self.model, cut)[0]).eval()
+        vids = {k: v[:: self.cfg.calib_stride] for k, v in self.training_videos(False).items()}
+        acts = np.concatenate([a for _, a in run_videos(net, vids, self.size, f"calibrate {cut.name}", quiet=self.quiet)])
+        return codec.calibrate(acts, bits, per_channel=self.cfg.per_channel, percentile=self.cfg.percentile)
+
+    def graphs(self, cut: Cut, q: codec.QuantParams) -> tuple[nn.Module, nn.Module]:
+        head, tail = split(self.model, cut, upto=self.upto)
+        head_g = HeadGraph(self.preprocess, head, Quantize(q)).eval()
+        if self.cfg.task == "classify":
+            return head_g, ClassifierTailGraph(Dequantize(q), tail).eval()
+        return head_g, AnomalyTailGraph(Dequantize(q), tail, self.scorer()).eval()
+
+    @torch.no_grad()
+    def threshold(self, head_g: nn.Module, tail_g: AnomalyTailGraph) -> float:
+        """The score quantile of held-out normal videos, through the quantized split path."""
+        scores = []
+        for _, codes in run_videos(head_g, self.training_videos(True), self.size, "threshold", quiet=self.quiet):
+            scores.append(score_video(tail_g, torch.from_numpy(codes)))
+        return float(np.quantile(np.concatenate(scores), self.cfg.threshold_quantile))
+
+    def export(self, out: str | Path, cut_name: str | None = None, bits: int | None = None) -> dict:
+        cfg = self.cfg
+        cut = find_cut(self.cuts, cut_name or cfg.cut)
+        bits = bits or cfg.bits
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        q = self.calibrate(cut, bits)
+        head_g, tail_g = self.graphs(cut, q)
+        h, w = self.size
+        image = torch.zeros(1, h, w, 3, dtype=torch.uint8)
+        codes = head_g(image)
+        _onnx(head_g, (image,), out / "head.onnx", ["image"], ["codes"])
+        manifest = {
+            "model": self._model_entry(),
+            "input": {
+                "height": h, "width": w, "color": "RGB", "layout": "NHWC", "dtype": "uint8", "resize": "area",
+                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            },
+            "cut": {
+                "name": cut.name,
+                "tensors": [{"name": "codes", "shape": list(cut.shape), "dtype": "uint8"}],
+                "elements": cut.elements,
+                "float_bytes": cut.raw_bytes,
+            },
+            "quantizer": dict(q.to_json(), percentile=cfg.percentile, kind="uniform-affine"),
+            "coder": {"name": cfg.coder},
+            "files": {"head": {"path": "head.onnx"}, "tail": {"path": "tail.onnx"}},
+            "created_by": {"infocut": infocut.__version__, "torch": torch.__version__.split("+")[0], "opset": OPSET},
+        }
+        if cfg.task == "classify":
+            _onnx(tail_g, (codes,), out / "tail.onnx", ["codes"], ["logits"])
+            manifest["task"] = "classify"
+            manifest["scorer"] = {"kind": "none", "threshold": float("inf")}
+        else:
+            with torch.no_grad():
+                feats = tail_g.tail(tail_g.dequantize(codes))
+            has = torch.zeros(1)
+            _onnx(
+                tail_g, (codes, feats, has), out / "tail.onnx",
+                ["codes", "prev_features", "has_prev"], ["score", "anomaly_map", "features"],
+            )
+            manifest["task"] = "anomaly"
+            manifest["scorer"] = {
+                "kind": "knn-motion",
+                "feature_layer": cfg.feature_layer,
+                "bank_size": cfg.bank_size,
+                "topk": cfg.topk,
+                "threshold": self.threshold(head_g, tail_g),
+                "threshold_rule": f"quantile {cfg.threshold_quantile} of scores on held-out normal training videos",
+                "heldout_videos": list(cfg.heldout),
+                "map_shape": list(feats.shape[2:]),
+                "state": {"name": "features", "shape": list(feats.shape[1:]), "dtype": "float32"},
+            }
+        return write_manifest(out, manifest)
+
+    def _model_entry(self) -> dict:
+        factory, weights = resolve(self.cfg.model, self.cfg.weights)
+        return {
+            "name": self.cfg.model,
+            "factory": factory,
+            "weights_sha256": sha256_file(weights) if weights else None,
+            "stages": [n for n, _ in self.model.named_children()],
+        }
+
+
+def _onnx(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]) -> None:
+    """Export with a dynamic batch axis, deterministically (same bytes for the same weights)."""
+    buf = io.BytesIO()
+    dyn = {name: {0: "batch"} for name in inputs + outputs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's notes on Slice folding
+        torch.onnx.export(
+            module.eval(), args, buf, input_names=inputs, output_names=outputs, dynamic_axes=dyn,
+            opset_version=OPSET, dynamo=False, do_constant_folding=True,
+        )
+    model = onnx.load_from_string(buf.getvalue())
+    model.producer_name, model.producer_version = "infocut", infocut.__version__
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+
+
+def describe_cuts(cfg: SplitConfig) -> list[dict]:
+    sp = Splitter(cfg, quiet=True)
+    return [
+        {"name": c.name, "shape": list(c.shape), "elements": c.elements, "float_bytes": c.raw_bytes}
+        for c in sp.cuts
+    ]
+
+
+@torch.no_grad()
+def score_video(tail_g: AnomalyTailGraph, codes: torch.Tensor, batch: int = 16) -> np.ndarray:
+    """Scores of one video's consecutive frames, each against the previous frame's features."""
+    feats = torch.cat([tail_g.tail(tail_g.dequantize(c)) for c in codes.split(batch)])
+    prev = torch.cat([feats[:1], feats[:-1]])
+    has = torch.ones(len(feats))
+    has[0] = 0.0
+    return torch.cat(
+        [tail_g.scorer(f, p, h)[0] for f, p, h in zip(feats.split(batch), prev.split(batch), has.split(batch))]
+    ).numpy()

@@ -1,0 +1,39 @@
+"""Run (part of) a model over Ped2 videos, in batches, with a progress bar."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from infocut.ped2 import read_rgb
+
+
+def progress_bar(**kw) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), **kw
+    )
+
+
+def load_frames(paths: list[Path], size: tuple[int, int]) -> np.ndarray:
+    return np.stack([read_rgb(p, size) for p in paths])
+
+
+@torch.no_grad()
+def run_videos(
+    fn, videos: dict[str, list[Path]], size: tuple[int, int], desc: str, batch: int = 16, quiet: bool = False
+) -> Iterable[tuple[str, np.ndarray]]:
+    """Yield (video id, fn applied to its uint8 NHWC frames) video by video, batch by batch."""
+    total = sum(len(v) for v in videos.values())
+    with progress_bar(disable=quiet, transient=True) as bar:
+        task = bar.add_task(desc, total=total)
+        for vid, paths in videos.items():
+            outs = []
+            for i in range(0, len(paths), batch):
+                frames = torch.from_numpy(load_frames(paths[i : i + batch], size))
+                outs.append(fn(frames).numpy())
+                bar.advance(task, len(frames))
+            yield vid, np.concatenate(outs)

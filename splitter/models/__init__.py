@@ -1,0 +1,1 @@
+"""Model definitions the splitter ships (torchvision does not import beside torch 2.13 here)."""
