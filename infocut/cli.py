@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,16 +28,16 @@ def _logging(verbose: bool) -> None:
 @app.command()
 def split(
     model: Annotated[str, typer.Argument(help="a known model (resnet20, resnet56) or package.module:function")],
-    weights: Annotated[Optional[Path], typer.Option(help="weights file for the factory")] = None,
+    weights: Annotated[Path | None, typer.Option(help="weights file for the factory")] = None,
     list_cuts: Annotated[bool, typer.Option("--list", help="print the candidate cuts and exit")] = False,
-    cut: Annotated[Optional[str], typer.Option(help="where to cut (a name from --list)")] = None,
+    cut: Annotated[str | None, typer.Option(help="where to cut (a name from --list)")] = None,
     bits: Annotated[int, typer.Option(min=2, max=8, help="quantizer bits")] = 8,
     coder: Annotated[str, typer.Option(help="entropy coder: zstd or raw")] = "zstd",
     per_tensor: Annotated[bool, typer.Option(help="one scale for the whole tensor instead of per channel")] = False,
     task: Annotated[str, typer.Option(help="anomaly (scorer in the tail) or classify (logits)")] = "anomaly",
-    height: Annotated[Optional[int], typer.Option(help="input height (default: the model's)")] = None,
-    width: Annotated[Optional[int], typer.Option(help="input width (default: the model's)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="artifact directory to write")] = None,
+    height: Annotated[int | None, typer.Option(help="input height (default: the model's)")] = None,
+    width: Annotated[int | None, typer.Option(help="input width (default: the model's)")] = None,
+    out: Annotated[Path | None, typer.Option(help="artifact directory to write")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable --list")] = False,
 ) -> None:
     """List the cuts of MODEL, or cut it and write an artifact (head.onnx, tail.onnx, manifest.json)."""
@@ -80,7 +80,7 @@ def edge(
     source: Annotated[str, typer.Option(help="video file, image folder, webcam index or rtsp:// URL")],
     cloud: Annotated[str, typer.Option(help="cloud gRPC address HOST:PORT")] = "localhost:50051",
     camera_id: Annotated[str, typer.Option(help="this camera's id")] = "cam-01",
-    max_frames: Annotated[Optional[int], typer.Option(help="stop after this many frames")] = None,
+    max_frames: Annotated[int | None, typer.Option(help="stop after this many frames")] = None,
     realtime: Annotated[bool, typer.Option(help="pace a file source at its frame rate")] = False,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads (0 = all cores)")] = 0,
     verbose: bool = False,
@@ -130,7 +130,7 @@ def cloud(
 def demo(
     http_port: Annotated[int, typer.Option(help="REST port")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port")] = 50051,
-    db: Annotated[Optional[str], typer.Option(help="database URL (default: a fresh SQLite file)")] = None,
+    db: Annotated[str | None, typer.Option(help="database URL (default: a fresh SQLite file)")] = None,
     exit_when_done: Annotated[bool, typer.Option(help="stop the cloud once the clip is scored")] = False,
     fast: Annotated[bool, typer.Option(help="send the clip as fast as possible instead of at 10 fps")] = False,
 ) -> None:

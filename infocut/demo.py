@@ -22,7 +22,7 @@ from infocut.settings import DEMO_ARTIFACT, DEMO_CLIP, DEMO_LABELS
 
 
 def get_json(url: str, timeout: float = 2.0):
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback, our own API)
+    with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
 
 
