@@ -140,14 +140,14 @@ class FolderSource(Source):
         while self._next < len(self.paths):
             index, path = self._next, self.paths[self._next]
             self._next += 1
-            image = _read_image(path)
+            image = read_image(path)
             if image is not None:
                 return index, image
             log.warning("skipping unreadable image %s", path)
         return None
 
 
-def _read_image(path: Path) -> np.ndarray | None:
+def read_image(path: Path) -> np.ndarray | None:
     """Decode one image file to RGB, or None if it cannot be read (bytes read by numpy: any path works)."""
     try:
         data = np.fromfile(path, dtype=np.uint8)

@@ -31,13 +31,11 @@ def labels() -> dict[str, np.ndarray]:
 
 
 def read_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """One frame as HxWx3 uint8 RGB, resized to (height, width) the way the edge resizes."""
-    import cv2
+    """One frame as HxWx3 uint8 RGB, decoded and resized exactly as the edge does it."""
+    from edge.preprocess import to_input
+    from edge.source import read_image
 
-    from edge.preprocess import to_input  # the edge's own preprocessing, so offline == online
-
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
+    rgb = read_image(Path(path))
+    if rgb is None:
         raise ValueError(f"cannot read image {path}")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     return to_input(rgb, size) if size else rgb

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +137,7 @@ class Splitter:
             "quantizer": dict(q.to_json(), percentile=cfg.percentile, kind="uniform-affine"),
             "coder": {"name": cfg.coder},
             "files": {"head": {"path": "head.onnx"}, "tail": {"path": "tail.onnx"}},
+            "split_config": dict(asdict(cfg), cut=cut.name, bits=bits),
             "created_by": {"infocut": infocut.__version__, "torch": torch.__version__.split("+")[0], "opset": OPSET},
         }
         if cfg.task == "classify":

@@ -20,6 +20,11 @@ needs_shared = pytest.mark.skipif(
 )
 
 
+def skip_without_shared() -> None:
+    if not _has_shared():
+        pytest.skip(f"needs the shared data/models folder at {shared_dir()} (set INFOCUT_SHARED to point at it)")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -36,8 +41,7 @@ def demo_artifact():
 @pytest.fixture(scope="session")
 def small_artifact(tmp_path_factory) -> Path:
     """A quickly built ResNet-20 anomaly artifact at a late cut, 4 bits (fitted on a few Ped2 videos)."""
-    if not _has_shared():
-        pytest.skip(f"needs the shared data/models folder at {shared_dir()}")
+    skip_without_shared()
     from splitter.export import SplitConfig, Splitter
 
     out = tmp_path_factory.mktemp("artifact")
