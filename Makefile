@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: demo test lint artifact protos bench clip clean
+.PHONY: demo test lint artifact weights protos bench clip clean
 
 # Stamps record which extras the venv holds, so each target installs only what it needs.
 $(BIN)/python:
@@ -37,6 +37,12 @@ artifact: $(VENV)/.dev
 
 DEMO_CUT  ?= layer2_0
 DEMO_BITS ?= 6
+
+## weights: float32 MobileNetV2 weights dequantized from the shared quantized TFLite file (not committed)
+weights: build/mobilenet_v2.npz
+
+build/mobilenet_v2.npz: splitter/models/tflite_import.py | $(VENV)/.dev
+	$(BIN)/python -m splitter.models.tflite_import --out $@
 
 ## protos: regenerate the gRPC stubs (tests/test_protos.py checks they are current)
 protos: $(VENV)/.dev

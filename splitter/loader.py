@@ -1,7 +1,8 @@
 """Load a PyTorch model from a factory `package.module:function` and an optional weights file.
 
 The factory is code the user names on the command line (like any plugin); weights are data and
-are only ever read with `torch.load(..., weights_only=True)` inside the factories.
+are only ever read as such inside the factories (`torch.load(..., weights_only=True)`,
+`np.load(..., allow_pickle=False)`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,23 @@ from pathlib import Path
 
 from torch import nn
 
-from infocut.settings import require_shared
+from infocut.settings import REPO, require_shared
 
 
 @dataclass(frozen=True)
 class Known:
     factory: str
-    weights: tuple[str, ...]  # path inside the shared folder
+    weights: tuple[str, ...]  # path inside the shared folder, or inside the repository if built
     input_size: tuple[int, int]  # (height, width) the anomaly pipeline feeds it
+    built_by: str | None = None  # the command that builds weights not shipped in the shared folder
+
+    def weights_path(self) -> Path:
+        if self.built_by is None:
+            return require_shared(*self.weights)
+        path = REPO.joinpath(*self.weights)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: build it with `make weights` (or `{self.built_by}`)")
+        return path
 
 
 KNOWN = {
@@ -29,6 +39,10 @@ KNOWN = {
     "resnet56": Known(
         "splitter.models.resnet_cifar:resnet56", ("models", "resnet_cifar10", "resnet56-4bfd9763.th"), (120, 180)
     ),
+    "mobilenet_v2": Known(
+        "splitter.models.mobilenet_v2:mobilenet_v2", ("build", "mobilenet_v2.npz"), (240, 360),
+        built_by="python -m splitter.models.tflite_import --out build/mobilenet_v2.npz",
+    ),
 }
 
 
@@ -36,7 +50,7 @@ def resolve(spec: str, weights: str | Path | None = None) -> tuple[str, Path | N
     """(factory, weights path) for a known model name or a `package.module:function` spec."""
     if spec in KNOWN:
         known = KNOWN[spec]
-        return known.factory, Path(weights) if weights else require_shared(*known.weights)
+        return known.factory, Path(weights) if weights else known.weights_path()
     if ":" not in spec:
         raise ValueError(f"model {spec!r}: give a known name ({', '.join(KNOWN)}) or package.module:function")
     return spec, Path(weights) if weights else None
