@@ -31,7 +31,7 @@ def sha256_file(path: Path) -> str:
 
 
 def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
 def artifact_id(manifest: dict) -> str:
@@ -58,7 +58,9 @@ class Artifact:
 
     @property
     def threshold(self) -> float:
-        return float(self.manifest["scorer"]["threshold"])
+        """The anomaly threshold; +inf for an artifact without a scorer (nothing is ever anomalous)."""
+        value = self.manifest["scorer"]["threshold"]
+        return float("inf") if value is None else float(value)
 
     @property
     def bits(self) -> int:
@@ -86,7 +88,7 @@ def write_manifest(root: Path, manifest: dict) -> dict:
         entry["sha256"] = sha256_file(root / entry["path"])
         entry["bytes"] = (root / entry["path"]).stat().st_size
     manifest["artifact_id"] = artifact_id(manifest)
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return manifest
 
 

@@ -143,7 +143,7 @@ class Splitter:
         if cfg.task == "classify":
             _onnx(tail_g, (codes,), out / "tail.onnx", ["codes"], ["logits"])
             manifest["task"] = "classify"
-            manifest["scorer"] = {"kind": "none", "threshold": float("inf")}
+            manifest["scorer"] = {"kind": "none", "threshold": None}
         else:
             with torch.no_grad():
                 feats = tail_g.tail(tail_g.dequantize(codes))
