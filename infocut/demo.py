@@ -59,6 +59,9 @@ def follow_alerts(base: str, seen: dict[int, str]) -> None:
 
 def run(http_port: int = 8000, grpc_port: int = 50051, db: str | None = None, keep: bool = True,
         realtime: bool = True) -> int:
+    # Stop cleanly on Ctrl-C and on SIGTERM, also when started with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     labels = json.loads(DEMO_LABELS.read_text())
     workdir = Path(tempfile.mkdtemp(prefix="infocut-demo-"))
     db = db or f"sqlite:///{workdir / 'infocut.db'}"
