@@ -100,7 +100,7 @@ def reference_scores(sp, frames: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     from splitter.export import score_video
     from splitter.graphs import AnomalyTailGraph
 
-    net = sp.features_until(sp.cfg.feature_layer)
+    net = sp.features_until(sp.feature_layer)
     ref = AnomalyTailGraph(nn.Identity(), nn.Sequential(), sp.scorer()).eval()
     out = {}
     with torch.no_grad():

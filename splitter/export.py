@@ -23,8 +23,7 @@ from infocut.artifact import sha256_file, write_manifest
 from splitter.cuts import Cut, find_cut, list_cuts, split
 from splitter.features import run_videos
 from splitter.graphs import AnomalyTailGraph, ClassifierTailGraph, Dequantize, HeadGraph, Preprocess, Quantize
-from splitter.loader import KNOWN, load_model, resolve
-from splitter.models.resnet_cifar import IMAGENET_MEAN, IMAGENET_STD
+from splitter.loader import KNOWN, load_model, normalization, resolve
 from splitter.scorer import MotionKnnScorer, ScorerFit
 
 OPSET = 17
@@ -42,7 +41,7 @@ class SplitConfig:
     percentile: float = 99.99
     task: str = "anomaly"  # or "classify"
     input_size: tuple[int, int] | None = None
-    feature_layer: str = "layer2_2"
+    feature_layer: str | None = None  # default: the known model's
     bank_size: int = 1024
     topk: int = 20
     threshold_quantile: float = 0.995
@@ -62,8 +61,12 @@ class Splitter:
         self.cfg, self.quiet = cfg, quiet
         self.model = load_model(cfg.model, cfg.weights)
         self.size = cfg.size()
-        self.preprocess = Preprocess(IMAGENET_MEAN, IMAGENET_STD)
-        upto = cfg.feature_layer if cfg.task == "anomaly" else None
+        self.mean, self.std = normalization(cfg.model)
+        self.preprocess = Preprocess(self.mean, self.std)
+        self.feature_layer = cfg.feature_layer or (KNOWN[cfg.model].feature_layer if cfg.model in KNOWN else None)
+        if cfg.task == "anomaly" and self.feature_layer is None:
+            raise ValueError("give feature_layer: the stage whose features the anomaly scorer reads")
+        upto = self.feature_layer if cfg.task == "anomaly" else None
         self.upto = upto
         self.cuts = list_cuts(self.model, self.size, upto=upto)
         self._scorer: MotionKnnScorer | None = None
@@ -82,7 +85,7 @@ class Splitter:
         """Fit (once) the k-NN motion scorer on the float model's features of normal videos."""
         if self._scorer is None:
             fit = ScorerFit()
-            net = self.features_until(self.cfg.feature_layer)
+            net = self.features_until(self.feature_layer)
             for _, feats in run_videos(net, self.training_videos(False), self.size, "fit scorer", quiet=self.quiet):
                 fit.add_video(feats)
             self._scorer = fit.build(self.cfg.bank_size, self.cfg.topk).eval()
@@ -126,7 +129,7 @@ class Splitter:
             "model": self._model_entry(),
             "input": {
                 "height": h, "width": w, "color": "RGB", "layout": "NHWC", "dtype": "uint8", "resize": "area",
-                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                "mean": list(self.mean), "std": list(self.std),
             },
             "cut": {
                 "name": cut.name,
@@ -137,7 +140,7 @@ class Splitter:
             "quantizer": dict(q.to_json(), percentile=cfg.percentile, kind="uniform-affine"),
             "coder": {"name": cfg.coder},
             "files": {"head": {"path": "head.onnx"}, "tail": {"path": "tail.onnx"}},
-            "split_config": dict(asdict(cfg), cut=cut.name, bits=bits),
+            "split_config": dict(asdict(cfg), cut=cut.name, bits=bits, feature_layer=self.feature_layer),
             "created_by": {"infocut": infocut.__version__, "torch": torch.__version__.split("+")[0], "opset": OPSET},
         }
         if cfg.task == "classify":
@@ -155,7 +158,7 @@ class Splitter:
             manifest["task"] = "anomaly"
             manifest["scorer"] = {
                 "kind": "knn-motion",
-                "feature_layer": cfg.feature_layer,
+                "feature_layer": self.feature_layer,
                 "bank_size": cfg.bank_size,
                 "topk": cfg.topk,
                 "threshold": self.threshold(head_g, tail_g),

@@ -21,6 +21,7 @@ class Known:
     factory: str
     weights: tuple[str, ...]  # path inside the shared folder, or inside the repository if built
     input_size: tuple[int, int]  # (height, width) the anomaly pipeline feeds it
+    feature_layer: str  # the stage whose features the anomaly scorer reads
     built_by: str | None = None  # the command that builds weights not shipped in the shared folder
 
     def weights_path(self) -> Path:
@@ -34,13 +35,15 @@ class Known:
 
 KNOWN = {
     "resnet20": Known(
-        "splitter.models.resnet_cifar:resnet20", ("models", "resnet_cifar10", "resnet20-12fca82f.th"), (120, 180)
+        "splitter.models.resnet_cifar:resnet20", ("models", "resnet_cifar10", "resnet20-12fca82f.th"), (120, 180),
+        "layer2_2",
     ),
     "resnet56": Known(
-        "splitter.models.resnet_cifar:resnet56", ("models", "resnet_cifar10", "resnet56-4bfd9763.th"), (120, 180)
+        "splitter.models.resnet_cifar:resnet56", ("models", "resnet_cifar10", "resnet56-4bfd9763.th"), (120, 180),
+        "layer2_8",
     ),
     "mobilenet_v2": Known(
-        "splitter.models.mobilenet_v2:mobilenet_v2", ("build", "mobilenet_v2.npz"), (240, 360),
+        "splitter.models.mobilenet_v2:mobilenet_v2", ("build", "mobilenet_v2.npz"), (240, 360), "block5",
         built_by="python -m splitter.models.tflite_import --out build/mobilenet_v2.npz",
     ),
 }
@@ -56,12 +59,28 @@ def resolve(spec: str, weights: str | Path | None = None) -> tuple[str, Path | N
     return spec, Path(weights) if weights else None
 
 
-def load_model(spec: str, weights: str | Path | None = None) -> nn.Module:
-    factory, path = resolve(spec, weights)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _factory(factory: str):
     module_name, func_name = factory.split(":", 1)
     try:
-        func = getattr(importlib.import_module(module_name), func_name)
+        module = importlib.import_module(module_name)
+        return module, getattr(module, func_name)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"cannot load model factory {factory!r}: {e}") from e
+
+
+def load_model(spec: str, weights: str | Path | None = None) -> nn.Module:
+    factory, path = resolve(spec, weights)
+    _, func = _factory(factory)
     model = func(path) if path is not None else func()
     return model.eval()
+
+
+def normalization(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) in 0..1 units the model was trained with: the factory module's MEAN/STD, else ImageNet's."""
+    factory = KNOWN[spec].factory if spec in KNOWN else spec
+    module, _ = _factory(factory)
+    return tuple(getattr(module, "MEAN", IMAGENET_MEAN)), tuple(getattr(module, "STD", IMAGENET_STD))
