@@ -31,12 +31,12 @@ test: $(VENV)/.dev
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 
-## artifact: rebuild the committed demo artifact from the shared ResNet-20 weights and Ped2
-artifact: $(VENV)/.dev
-	$(BIN)/infocut split resnet20 --cut $(DEMO_CUT) --bits $(DEMO_BITS) --out artifacts/demo
+## artifact: rebuild the committed demo artifact (MobileNetV2 from the shared TFLite, scorer fitted on Ped2)
+artifact: $(VENV)/.dev build/mobilenet_v2.npz
+	$(BIN)/infocut split mobilenet_v2 --cut $(DEMO_CUT) --bits $(DEMO_BITS) --gap 2 --topk 50 --out artifacts/demo
 
-DEMO_CUT  ?= layer2_0
-DEMO_BITS ?= 6
+DEMO_CUT  ?= block5
+DEMO_BITS ?= 4
 
 ## weights: float32 MobileNetV2 weights dequantized from the shared quantized TFLite file (not committed)
 weights: build/mobilenet_v2.npz

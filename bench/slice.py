@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,9 +32,9 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np
 
+from bench.common import RESULTS, git_revision, machine_info, progress
 from infocut.settings import require_shared
 
-RESULTS = REPO / "bench" / "results"
 QUICK_VIDEOS = 2
 
 
@@ -51,41 +48,6 @@ class RecordingHead:
         out = self.head(images)
         self.codes.append(out)
         return out
-
-
-def git_revision() -> dict:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-
-
-def machine_info() -> dict:
-    import onnxruntime as ort
-    import torch
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_count": os.cpu_count(),
-        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "onnxruntime": ort.__version__,
-        "onnxruntime_threads": "default (intra_op_num_threads=0: onnxruntime picks, one per physical core)",
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def reference_scores(sp, frames: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -106,7 +68,7 @@ def reference_scores(sp, frames: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     with torch.no_grad():
         for vid, x in frames.items():
             feats = torch.cat([net(torch.from_numpy(b)) for b in np.array_split(x, max(1, len(x) // 16))])
-            out[vid] = score_video(ref, feats)
+            out[vid] = score_video(ref, feats, sp.cfg.gap)
     return out
 
 
@@ -253,7 +215,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"bench/slice.py: {e}") from None
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from sklearn.metrics import roc_auc_score
 
     from infocut import ped2
@@ -285,8 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     n_frames = len(labels)
 
     rows = []
-    columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
+    with progress(console) as bar:
         overall = bar.add_task("cuts", total=len(cuts))
         step = bar.add_task("reading test frames", total=n_frames)
         frames = {}

@@ -10,10 +10,11 @@ from pydantic import BaseModel, Field
 class AlertConfig(BaseModel):
     """Alert hysteresis, so that one noisy frame neither opens nor closes an alert on its own.
 
-    An alert opens on the first anomalous frame, stays open while frames are anomalous and closes after
-    ``close_after`` consecutive normal frames.
+    An alert opens once ``open_after`` consecutive frames are anomalous (it starts at the first of them),
+    stays open while frames are anomalous and closes after ``close_after`` consecutive normal frames.
     """
 
+    open_after: int = Field(1, ge=1, le=100, description="consecutive anomalous frames that open an alert")
     close_after: int = Field(5, ge=1, description="consecutive normal frames that close an open alert")
 
 

@@ -41,7 +41,7 @@ class IngestService(pb_grpc.IngestServicer):
         self.artifact = artifact
         self.store = store
         self.tail = tail or Tail(artifact)
-        self.history = CameraHistory()
+        self.history = CameraHistory(self.tail.gap)
         self.threshold = artifact.threshold
         self._camera_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 

@@ -260,16 +260,26 @@ class Store:
         ).first()
         if anomalous:
             if alert is None:
+                # Open only on `open_after` anomalous frames in a row (this one included), so that a
+                # single noisy frame never raises an alert; the alert starts at the first of them.
+                run = session.execute(
+                    select(Score.seq, Score.capture_time, Score.score, Score.is_anomaly)
+                    .where(Score.camera_id == camera_id, Score.seq <= seq, Score.seq > seq - self.alert.open_after)
+                    .order_by(Score.seq)
+                ).all()
+                if len(run) < self.alert.open_after or not all(r.is_anomaly for r in run):
+                    return None, None
+                peak = max(run, key=lambda r: r.score)
                 alert = Alert(
                     camera_id=camera_id,
                     state="open",
-                    start_seq=seq,
+                    start_seq=run[0].seq,
                     end_seq=seq,
-                    start_time=capture_time,
+                    start_time=run[0].capture_time,
                     end_time=capture_time,
-                    peak_score=score,
-                    peak_seq=seq,
-                    frames=1,
+                    peak_score=peak.score,
+                    peak_seq=peak.seq,
+                    frames=len(run),
                 )
                 session.add(alert)
                 session.flush()

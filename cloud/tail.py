@@ -1,10 +1,10 @@
 """The tail: tail.onnx in onnxruntime, with the per-camera feature history it needs.
 
 The scorer compares each frame's features with the camera's previous frame's, so the tail is
-stateful: `CameraHistory` keeps, per camera, the last frame's sequence number and features.
-A frame continues the history only when it directly follows it (seq = last + 1); after a gap,
-a restart or out-of-order delivery it is scored without motion rather than against the wrong
-frame, so the same frames in the same order give the same scores everywhere.
+stateful: `CameraHistory` keeps, per camera, the features of the last `gap` frames by sequence
+number. A frame is scored against frame seq - gap only when that very frame is held; after a
+loss, a restart or out-of-order delivery it is scored without motion rather than against the
+wrong frame, so the same frames in the same order give the same scores everywhere.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class Tail:
         self.sess = session(artifact.tail_path, threads, providers)
         state = artifact.manifest["scorer"]["state"]
         self.state_shape = tuple(state["shape"])
+        self.gap = int(state.get("gap", 1))
 
     def __call__(self, codes: list[np.ndarray], prev: np.ndarray | None) -> Scored:
         """Score one frame (batch of 1) given the previous frame's features, or None."""
@@ -43,16 +44,19 @@ class Tail:
 
 
 class CameraHistory:
-    """camera id -> (seq, features) of the last frame scored."""
+    """camera id -> {seq: features} of its last `gap` frames scored."""
 
-    def __init__(self):
-        self._last: dict[str, tuple[int, np.ndarray]] = {}
+    def __init__(self, gap: int = 1):
+        self.gap = gap
+        self._recent: dict[str, dict[int, np.ndarray]] = {}
 
     def previous(self, camera_id: str, seq: int) -> np.ndarray | None:
-        last = self._last.get(camera_id)
-        return last[1] if last is not None and last[0] == seq - 1 else None
+        return self._recent.get(camera_id, {}).get(seq - self.gap)
 
     def update(self, camera_id: str, seq: int, features: np.ndarray) -> None:
-        last = self._last.get(camera_id)
-        if last is None or seq > last[0]:
-            self._last[camera_id] = (seq, features)
+        recent = self._recent.setdefault(camera_id, {})
+        if recent and seq <= max(recent):
+            return  # a late frame: the history only moves forward
+        recent[seq] = features
+        for old in [s for s in recent if s <= seq - self.gap]:
+            del recent[old]

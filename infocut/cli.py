@@ -37,6 +37,9 @@ def split(
     task: Annotated[str, typer.Option(help="anomaly (scorer in the tail) or classify (logits)")] = "anomaly",
     height: Annotated[int | None, typer.Option(help="input height (default: the model's)")] = None,
     width: Annotated[int | None, typer.Option(help="input width (default: the model's)")] = None,
+    gap: Annotated[int, typer.Option(min=1, help="the scorer sees the feature change over this many frames")] = 1,
+    topk: Annotated[int, typer.Option(min=1, help="a frame's score is the mean of its topk most anomalous locations")] = 20,
+    bank_size: Annotated[int, typer.Option(min=16, help="normal patches kept in the scorer's memory bank")] = 1024,
     out: Annotated[Path | None, typer.Option(help="artifact directory to write")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable --list")] = False,
 ) -> None:
@@ -49,7 +52,7 @@ def split(
     size = (height, width) if height and width else None
     cfg = SplitConfig(
         model=model, weights=str(weights) if weights else None, bits=bits, coder=coder,
-        per_channel=not per_tensor, task=task, input_size=size,
+        per_channel=not per_tensor, task=task, input_size=size, gap=gap, topk=topk, bank_size=bank_size,
     )
     splitter = Splitter(cfg)
     if list_cuts:
@@ -111,6 +114,7 @@ def cloud(
         "sqlite:///infocut.db"
     ),
     host: Annotated[str, typer.Option(help="address to listen on")] = "0.0.0.0",
+    open_after: Annotated[int, typer.Option(help="anomalous frames in a row that open an alert")] = 3,
     close_after: Annotated[int, typer.Option(help="normal frames in a row that close an alert")] = 5,
     verbose: bool = False,
 ) -> None:
@@ -121,7 +125,7 @@ def cloud(
     _logging(verbose)
     cfg = CloudConfig(
         artifact=artifact, grpc_host=host, grpc_port=grpc_port, http_host=host, http_port=http_port, db_url=db,
-        alert=AlertConfig(close_after=close_after),
+        alert=AlertConfig(open_after=open_after, close_after=close_after),
     )
     run(cfg)
 

@@ -31,7 +31,7 @@ class Pipeline:
         self.artifact = artifact
         self.head = Head(artifact, threads)
         self.tail = Tail(artifact, threads)
-        self.history = CameraHistory()
+        self.history = CameraHistory(self.tail.gap)
 
     def encode(self, image: np.ndarray) -> bytes:
         codes = self.head(image[None])

@@ -24,7 +24,7 @@ from splitter.cuts import Cut, find_cut, list_cuts, split
 from splitter.features import run_videos
 from splitter.graphs import AnomalyTailGraph, ClassifierTailGraph, Dequantize, HeadGraph, Preprocess, Quantize
 from splitter.loader import KNOWN, load_model, normalization, resolve
-from splitter.scorer import MotionKnnScorer, ScorerFit
+from splitter.scorer import MotionKnnScorer, ScorerFit, lagged
 
 OPSET = 17
 HELDOUT = ("04", "08", "12", "16")  # normal training videos kept out of the bank to set the threshold
@@ -44,6 +44,7 @@ class SplitConfig:
     feature_layer: str | None = None  # default: the known model's
     bank_size: int = 1024
     topk: int = 20
+    gap: int = 1  # frames between the two whose feature change the scorer sees
     threshold_quantile: float = 0.995
     calib_stride: int = 5  # every n-th training frame calibrates the quantizer
     heldout: tuple[str, ...] = field(default=HELDOUT)
@@ -84,7 +85,7 @@ class Splitter:
     def scorer(self) -> MotionKnnScorer:
         """Fit (once) the k-NN motion scorer on the float model's features of normal videos."""
         if self._scorer is None:
-            fit = ScorerFit()
+            fit = ScorerFit(gap=self.cfg.gap)
             net = self.features_until(self.feature_layer)
             for _, feats in run_videos(net, self.training_videos(False), self.size, "fit scorer", quiet=self.quiet):
                 fit.add_video(feats)
@@ -110,7 +111,7 @@ class Splitter:
         """The score quantile of held-out normal videos, through the quantized split path."""
         scores = []
         for _, codes in run_videos(head_g, self.training_videos(True), self.size, "threshold", quiet=self.quiet):
-            scores.append(score_video(tail_g, torch.from_numpy(codes)))
+            scores.append(score_video(tail_g, torch.from_numpy(codes), self.cfg.gap))
         return float(np.quantile(np.concatenate(scores), self.cfg.threshold_quantile))
 
     def export(self, out: str | Path, cut_name: str | None = None, bits: int | None = None) -> dict:
@@ -128,7 +129,7 @@ class Splitter:
         manifest = {
             "model": self._model_entry(),
             "input": {
-                "height": h, "width": w, "color": "RGB", "layout": "NHWC", "dtype": "uint8", "resize": "area",
+                "height": h, "width": w, "color": "RGB", "layout": "NHWC", "dtype": "uint8", "resize": "cv2 INTER_AREA to shrink, INTER_LINEAR to enlarge (edge.preprocess.to_input)",
                 "mean": list(self.mean), "std": list(self.std),
             },
             "cut": {
@@ -165,7 +166,7 @@ class Splitter:
                 "threshold_rule": f"quantile {cfg.threshold_quantile} of scores on held-out normal training videos",
                 "heldout_videos": list(cfg.heldout),
                 "map_shape": list(feats.shape[2:]),
-                "state": {"name": "features", "shape": list(feats.shape[1:]), "dtype": "float32"},
+                "state": {"name": "features", "shape": list(feats.shape[1:]), "dtype": "float32", "gap": cfg.gap},
             }
         return write_manifest(out, manifest)
 
@@ -204,12 +205,10 @@ def describe_cuts(cfg: SplitConfig) -> list[dict]:
 
 
 @torch.no_grad()
-def score_video(tail_g: AnomalyTailGraph, codes: torch.Tensor, batch: int = 16) -> np.ndarray:
-    """Scores of one video's consecutive frames, each against the previous frame's features."""
+def score_video(tail_g: AnomalyTailGraph, codes: torch.Tensor, gap: int = 1, batch: int = 16) -> np.ndarray:
+    """Scores of one video's consecutive frames, each against the features `gap` frames back."""
     feats = torch.cat([tail_g.tail(tail_g.dequantize(c)) for c in codes.split(batch)])
-    prev = torch.cat([feats[:1], feats[:-1]])
-    has = torch.ones(len(feats))
-    has[0] = 0.0
+    prev, has = lagged(feats, gap)
     return torch.cat(
         [tail_g.scorer(f, p, h)[0] for f, p, h in zip(feats.split(batch), prev.split(batch), has.split(batch))]
     ).numpy()

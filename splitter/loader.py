@@ -22,14 +22,16 @@ class Known:
     weights: tuple[str, ...]  # path inside the shared folder, or inside the repository if built
     input_size: tuple[int, int]  # (height, width) the anomaly pipeline feeds it
     feature_layer: str  # the stage whose features the anomaly scorer reads
-    built_by: str | None = None  # the command that builds weights not shipped in the shared folder
+    built_by: str | None = None  # `module:function(out)` that builds weights not shipped as they are
 
     def weights_path(self) -> Path:
+        """The weights file; repo-built weights are built on first use (deterministic, from ../shared)."""
         if self.built_by is None:
             return require_shared(*self.weights)
         path = REPO.joinpath(*self.weights)
         if not path.exists():
-            raise FileNotFoundError(f"{path} not found: build it with `make weights` (or `{self.built_by}`)")
+            _, build = _factory(self.built_by)
+            build(path)
         return path
 
 
@@ -43,8 +45,8 @@ KNOWN = {
         "layer2_8",
     ),
     "mobilenet_v2": Known(
-        "splitter.models.mobilenet_v2:mobilenet_v2", ("build", "mobilenet_v2.npz"), (240, 360), "block5",
-        built_by="python -m splitter.models.tflite_import --out build/mobilenet_v2.npz",
+        "splitter.models.mobilenet_v2:mobilenet_v2", ("build", "mobilenet_v2.npz"), (480, 720), "block5",
+        built_by="splitter.models.tflite_import:build",
     ),
 }
 

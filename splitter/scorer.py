@@ -7,8 +7,9 @@ by all locations (walkers pass any one spot too rarely for per-location models).
 anomaly is its distance to the nearest bank entry; a frame's score is the mean of its `topk`
 most anomalous locations, so a small object is not averaged away by the empty walkway.
 
-The previous frame's features are state: the tail takes them as an input and returns the
-current ones, and the cloud keeps them per camera, in order.
+The change is taken over `gap` frames (at 10 fps a walker moves too little in one frame for the
+change to tell speeds apart). The features `gap` frames back are state: the tail takes them as an
+input and returns the current ones, and the cloud keeps the last `gap` per camera, in order.
 """
 
 from __future__ import annotations
@@ -44,10 +45,18 @@ class MotionKnnScorer(nn.Module):
         return score, dist.view(n, h, w)
 
 
+def lagged(feats: torch.Tensor, gap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each frame's features `gap` frames back and whether that frame exists, as the cloud's history
+    gives them for consecutive frames of one stream (the first `gap` frames have no motion)."""
+    prev = torch.cat([feats[:gap], feats[:-gap]]) if len(feats) > gap else feats.clone()
+    return prev, (torch.arange(len(feats)) >= gap).float()
+
+
 @dataclass
 class ScorerFit:
     """Streaming statistics of normal (feature, change) vectors and a random pool of them."""
 
+    gap: int = 1
     pool_per_frame: int = 16
     seed: int = 0
 
@@ -59,8 +68,9 @@ class ScorerFit:
 
     def add_video(self, feats: np.ndarray) -> None:
         """feats: (T, C, H, W) float32 features of consecutive frames of one normal video."""
-        prev = np.concatenate([feats[:1], feats[:-1]])
-        v = np.concatenate([feats, feats - prev], 1).transpose(0, 2, 3, 1).reshape(len(feats), -1, 2 * feats.shape[1])
+        prev, has = (t.numpy() for t in lagged(torch.from_numpy(feats), self.gap))
+        delta = (feats - prev) * has[:, None, None, None]
+        v = np.concatenate([feats, delta], 1).transpose(0, 2, 3, 1).reshape(len(feats), -1, 2 * feats.shape[1])
         flat = v.reshape(-1, v.shape[-1]).astype(np.float64)
         self._sum = flat.sum(0) if self._sum is None else self._sum + flat.sum(0)
         self._sq = (flat**2).sum(0) if self._sq is None else self._sq + (flat**2).sum(0)

@@ -55,8 +55,8 @@ def make_store(db_url: str) -> Iterator[MakeStore]:
     """Opens stores on the test database (several = restarts); closes them all at the end."""
     opened: list[Store] = []
 
-    def make(close_after: int = 3) -> Store:
-        store = Store(db_url, AlertConfig(close_after=close_after))
+    def make(close_after: int = 3, open_after: int = 1) -> Store:
+        store = Store(db_url, AlertConfig(close_after=close_after, open_after=open_after))
         opened.append(store)
         return store
 
@@ -297,3 +297,19 @@ def test_ping_and_unsupported_url(make_store: MakeStore) -> None:
     assert make_store().ping() is True
     with pytest.raises(ValueError, match="unsupported database"):
         Store("mysql://u:p@localhost/db")
+
+
+def test_open_after_ignores_isolated_anomalous_frames(make_store: MakeStore) -> None:
+    """With open_after=3 a lone or paired anomalous frame raises nothing; three in a row open an alert
+    that starts at the first of them, and a restarted store keeps counting the run from the database."""
+    store = make_store(close_after=2, open_after=3)
+    out = feed(store, "cam", "A.AA..")
+    assert all(r.alert_opened is None for r in out)
+    assert store.list_alerts()[1] == 0
+    out = feed(store, "cam", "AA", start=6)
+    restarted = make_store(close_after=2, open_after=3)
+    opened = feed(restarted, "cam", "A", start=8)[0].alert_opened
+    assert all(r.alert_opened is None for r in out)
+    assert opened is not None and (opened.start_seq, opened.end_seq, opened.frames) == (6, 8, 3)
+    closed = feed(restarted, "cam", "..", start=9)[-1].alert_closed
+    assert closed is not None and closed.id == opened.id
