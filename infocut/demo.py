@@ -93,6 +93,9 @@ def run(http_port: int = 8000, grpc_port: int = 50051, db: str | None = None, ke
         if edge.returncode != 0:
             print(f"edge exited with code {edge.returncode}", flush=True)
             return edge.returncode
+        print("alerts at the end of the clip:", flush=True)
+        for alert in sorted(get_json(f"{base}/alerts?limit=1000")["items"], key=lambda a: a["id"]):
+            print("  " + describe(alert), flush=True)
         cams = get_json(f"{base}/cameras")
         for cam in cams:
             print(f"camera {cam['camera_id']}: {cam['frames']} frames scored, "
