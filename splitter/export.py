@@ -196,14 +196,6 @@ def _onnx(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs
     path.write_bytes(model.SerializeToString())
 
 
-def describe_cuts(cfg: SplitConfig) -> list[dict]:
-    sp = Splitter(cfg, quiet=True)
-    return [
-        {"name": c.name, "shape": list(c.shape), "elements": c.elements, "float_bytes": c.raw_bytes}
-        for c in sp.cuts
-    ]
-
-
 @torch.no_grad()
 def score_video(tail_g: AnomalyTailGraph, codes: torch.Tensor, gap: int = 1, batch: int = 16) -> np.ndarray:
     """Scores of one video's consecutive frames, each against the features `gap` frames back."""
