@@ -58,9 +58,10 @@ from bench.common import COLORS, RESULTS, Bootstrap, auroc, git_revision, machin
 from infocut.settings import require_shared
 
 FPS = 10
-# Ladders sized to the budget, denser where the curves cross the 1-point line (CRF ~30-34, quality ~30-80)
-CRFS = (23, 28, 31, 34, 38, 43)
-QUALITIES = (5, 30, 60, 80, 95)
+# Ladders sized to the 30-minute budget (each setting is a pass of the model over the test frames), denser
+# where the curves cross the 1-point line (CRF ~28-34, quality ~40-70)
+CRFS = (25, 30, 34, 40)
+QUALITIES = (10, 40, 70, 95)
 BITS = (8, 6, 4, 3, 2)
 QUICK_VIDEOS = 2
 QUICK_CRFS = (28, 38)
@@ -68,7 +69,7 @@ QUICK_QUALITIES = (20, 60)
 QUICK_BITS = (8, 4, 2)
 SMOOTH_SECONDS = 0.5  # causal max over the scores of frames t-4 .. t at 10 fps
 DROP = 0.01  # "within 1 AUROC point of unsplit"
-BATCH = 4  # frames per onnxruntime call in the measurement passes
+BATCH = 2  # frames per onnxruntime call in the measurement passes (as fast as 4 or 8 here, half the memory)
 TIMING_FRAMES = 12  # batch-1 runs per graph for the medians (after 2 warm-up runs)
 DECODE_SAMPLES = 6  # encoded frames per (cut, bits, coder) kept to time decoding and re-check the raw size
 DEFAULT_CACHE = REPO / ".cache" / "ped2"
@@ -346,26 +347,14 @@ def _zeros_image(sp):
 def split_pass(sp, pairs, coders, native, scored, lag, tmp, threads, bar) -> dict:
     """Unsplit and split rows in one pass over the test frames: the head's codes of every (cut, bits)
     and the float features come out of one graph; every (cut, bits) then runs its own tail."""
-    import torch
-    from torch import nn
-
     from codec import encode_frame
     from edge.preprocess import to_input
-    from splitter.cuts import find_cut, split
-    from splitter.graphs import Dequantize
 
     scorer = sp.scorer()
     module, order, image = all_codes_module(sp, pairs)
     outs = [f"codes_{c}_{b}" for c, b in order] + ["features"]
     heads = export_session(module, (image,), tmp / "all_codes.onnx", ["image"], outs, threads)
-    tails = {}
-    for cut_name, b in order:
-        cut = find_cut(sp.cuts, cut_name)
-        _, tail = split(sp.model, cut, upto=sp.upto)
-        q = sp.qparams[cut_name, b]
-        codes = np.zeros((1, *cut.shape), np.uint8)
-        tails[cut_name, b] = export_session(nn.Sequential(Dequantize(q), tail).eval(), (torch.from_numpy(codes),),
-                                            tmp / f"tail_{cut_name}_{b}.onnx", ["codes"], ["features"], threads)
+    tails = {name: tail_session(sp, name, tmp, threads) for name in dict.fromkeys(c for c, _ in order)}
     streams = {"unsplit": ScoreStream(scorer, lag), **{k: ScoreStream(scorer, lag) for k in order}}
     sizes = {(c, b, coder): [] for c, b in order for coder in coders}
     enc_s = {k: [] for k in sizes}
@@ -397,12 +386,46 @@ def split_pass(sp, pairs, coders, native, scored, lag, tmp, threads, bar) -> dic
                             samples[key].append(frame)
                     if coder == "raw" and len(set(sizes[key])) != 1:
                         raise RuntimeError(f"raw coder frames of {key} vary in size: {sorted(set(sizes[key]))}")
-                feats = tails[cut_name, b].run(None, {"codes": codes})[0]
-                streams[cut_name, b].push(feats)
+                streams[cut_name, b].push(tails[cut_name](codes, sp.qparams[cut_name, b]))
             bar.advance(task, len(imgs))
     bar.remove_task(task)
     return {"scores": {k: s.result() for k, s in streams.items()}, "tails": tails, "sizes": sizes, "encode_s": enc_s,
             "samples": samples, "order": order}
+
+
+def tail_session(sp, cut_name: str, tmp: Path, threads: int):
+    """codes, scale, zero point -> features at the scorer's layer: splitter.graphs.Dequantize's ops
+    ((codes - zero_point) * scale, in float32) with the parameters as inputs, so that one graph per cut
+    serves every bit depth (a session per (cut, bits) would hold ~15 GB of onnxruntime arenas), then the
+    network from the cut on, as tail.onnx holds it before its scorer. Returns (codes, QuantParams) -> features."""
+    import torch
+    from torch import nn
+
+    from splitter.cuts import find_cut, split
+
+    cut = find_cut(sp.cuts, cut_name)
+    _, tail = split(sp.model, cut, upto=sp.upto)
+
+    class DequantTail(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tail = tail
+
+        def forward(self, codes, scale, zero_point):
+            return self.tail((codes.float() - zero_point) * scale)
+
+    c = cut.shape[0]
+    args = (torch.zeros(1, *cut.shape, dtype=torch.uint8), torch.ones(1, c, 1, 1), torch.zeros(1, c, 1, 1))
+    sess = export_session(DequantTail().eval(), args, tmp / f"tail_{cut_name}.onnx",
+                          ["codes", "scale", "zero_point"], ["features"], threads)
+
+    def run(codes: np.ndarray, q) -> np.ndarray:
+        scale = np.broadcast_to(np.asarray(q.scale, np.float32).reshape(-1), (c,)).reshape(1, c, 1, 1)
+        zp = np.broadcast_to(np.asarray(q.zero_point, np.float32).reshape(-1), (c,)).reshape(1, c, 1, 1)
+        return sess.run(None, {"codes": codes, "scale": np.ascontiguousarray(scale),
+                               "zero_point": np.ascontiguousarray(zp)})[0]
+
+    return run
 
 
 def rival_pass(sp, feat_sess, method: str, param: int, native, scored, lag, bar) -> dict:
@@ -746,8 +769,10 @@ HOW = {
                    "(per channel, percentile 99.99) on the activations of the frames Splitter.calibrate uses, in "
                    "onnxruntime (cached). Checked against a real exported artifact's head.onnx on the timing frames "
                    "(codes_identical_* under timing).",
-    "split_scores": "per (cut, bits) an ONNX graph splitter.graphs.Dequantize + the network from the cut to block5 "
-                    "(what tail.onnx holds before its scorer), in onnxruntime; then the fitted scorer.",
+    "split_scores": "per cut an ONNX graph: splitter.graphs.Dequantize's ops with the (cut, bits) parameters as "
+                    "inputs, then the network from the cut to block5 (what tail.onnx holds before its scorer), in "
+                    "onnxruntime; then the fitted scorer. Checked against a real artifact's tail.onnx on the timing "
+                    "frames (scores_vs_artifact_max_rel_diff under timing).",
     "scorer_math": "MotionKnnScorer's frame score computed with one batched GEMM (baddbmm) instead of its forward's "
                    "three terms: same math, float rounding aside (scorer_check).",
     "rival_bytes": "h264/h265: each frame's packet of one stream per test video (bench.rivals.encode_video: "
@@ -934,11 +959,9 @@ def main(argv: list[str] | None = None) -> None:
 
         def bench_scores(cut_name, codes):
             # the split pass's tail graph and scoring on consecutive frames (lag = the scorer's gap)
-            if (cut_name, 8) not in split["tails"]:
-                return None
             stream = ScoreStream(sp.scorer(), cfg.gap)
             for i in range(0, len(codes), BATCH):
-                stream.push(split["tails"][cut_name, 8].run(None, {"codes": codes[i : i + BATCH]})[0])
+                stream.push(split["tails"][cut_name](codes[i : i + BATCH], sp.qparams[cut_name, 8]))
             return stream.result()
 
         timing = time_graphs(sp, cut_names, 8, timing_frames, bench_codes, bench_scores, tmp, args.threads, bar)
