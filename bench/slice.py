@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     cfg = SplitConfig(model="resnet20", bits=args.bits, coder="zstd")
     sp = Splitter(cfg, quiet=True)
-    cuts = sp.cuts
+    cuts = sp.stage_cuts
     if args.cuts:
         wanted = [c.strip() for c in args.cuts.split(",") if c.strip()]
         known = {c.name for c in cuts}

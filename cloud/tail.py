@@ -31,15 +31,18 @@ class Tail:
         state = artifact.manifest["scorer"]["state"]
         self.state_shape = tuple(state["shape"])
         self.gap = int(state.get("gap", 1))
+        self.inputs = artifact.cut_names
 
     def __call__(self, codes: list[np.ndarray], prev: np.ndarray | None) -> Scored:
-        """Score one frame (batch of 1) given the previous frame's features, or None."""
+        """Score one frame (batch of 1), given as the codes of each cut tensor in the manifest's order, against
+        the previous frame's features, or None."""
+        if len(codes) != len(self.inputs):
+            raise ValueError(f"the cut carries {len(self.inputs)} tensors, got {len(codes)}")
         has = np.ones(1, np.float32) if prev is not None else np.zeros(1, np.float32)
         if prev is None:
             prev = np.zeros((1, *self.state_shape), np.float32)
-        score, amap, feats = self.sess.run(
-            None, {"codes": codes[0], "prev_features": prev, "has_prev": has}
-        )
+        feed = dict(zip(self.inputs, codes), prev_features=prev, has_prev=has)
+        score, amap, feats = self.sess.run(None, feed)
         return Scored(float(score[0]), amap[0], feats)
 
 

@@ -20,7 +20,9 @@ class Head:
         self.artifact = artifact
         self.sess = session(artifact.head_path, threads, providers)
         self.size = artifact.input_size
+        self.outputs = artifact.cut_names
 
     def __call__(self, images: np.ndarray) -> list[np.ndarray]:
-        """(N, H, W, 3) uint8 RGB at the manifest's input size -> one (N, C, h, w) uint8 array per cut tensor."""
-        return self.sess.run(None, {"image": images})
+        """(N, H, W, 3) uint8 RGB at the manifest's input size -> one (N, C, h, w) uint8 array per cut tensor,
+        in the manifest's order (the order of the frame and of tail.onnx's inputs)."""
+        return self.sess.run(self.outputs, {"image": images})

@@ -76,6 +76,11 @@ class Artifact:
         return [tuple(t["shape"]) for t in self.manifest["cut"]["tensors"]]
 
     @property
+    def cut_names(self) -> list[str]:
+        """The names of the cut's codes, head.onnx's outputs and tail.onnx's first inputs, in frame order."""
+        return [t["name"] for t in self.manifest["cut"]["tensors"]]
+
+    @property
     def input_size(self) -> tuple[int, int]:
         inp = self.manifest["input"]
         return int(inp["height"]), int(inp["width"])
@@ -108,6 +113,13 @@ def load_artifact(root: str | Path, verify: bool = True) -> Artifact:
     for key in ("artifact_id", "files", "cut", "quantizer", "coder", "scorer", "input"):
         if key not in manifest:
             raise ArtifactError(f"{path}: required field {key!r} is missing")
+    tensors = manifest["cut"].get("tensors")
+    if not tensors or not all(isinstance(t, dict) and {"name", "shape"} <= t.keys() for t in tensors):
+        raise ArtifactError(f"{path}: cut.tensors must give the name and shape of every tensor crossing the cut")
+    if "bits" not in manifest["quantizer"]:
+        raise ArtifactError(f"{path}: required field 'quantizer.bits' is missing")
+    if len(manifest["quantizer"].get("tensors", tensors)) != len(tensors):
+        raise ArtifactError(f"{path}: quantizer.tensors must give one quantizer per cut tensor")
     if verify:
         if artifact_id(manifest) != manifest["artifact_id"]:
             raise ArtifactError(f"{path}: artifact id does not match the manifest's content (edited?)")

@@ -57,18 +57,22 @@ def split(
     splitter = Splitter(cfg)
     if list_cuts:
         rows = [
-            {"name": c.name, "shape": list(c.shape), "elements": c.elements, "float_bytes": c.raw_bytes,
-             "bytes_8bit": c.elements}
+            {"name": c.name, "stage": c.stage, "tensors": [{"node": t.name, "shape": list(t.shape)} for t in c.tensors],
+             "elements": c.elements, "float_bytes": c.raw_bytes, "bytes_8bit": c.elements}
             for c in splitter.cuts
         ]
         if as_json:
             print(json.dumps(rows, indent=2))
             return
-        table = Table(title=f"candidate cuts of {model} at {splitter.size[0]}x{splitter.size[1]}")
-        for col in ("cut", "tensor shape", "float32 bytes", "8-bit bytes"):
-            table.add_column(col, justify="left" if col == "cut" else "right")
+        table = Table(
+            title=f"candidate cuts of {model} at {splitter.size[0]}x{splitter.size[1]}, bytes per frame",
+            caption="stage: between two top-level stages; a + b: two tensors, across a skip connection",
+        )
+        for col in ("cut", "stage", "tensors", "float32", "8-bit"):
+            table.add_column(col, justify="left" if col in ("cut", "stage") else "right")
         for r in rows:
-            table.add_row(r["name"], "x".join(map(str, r["shape"])), f"{r['float_bytes']:,}", f"{r['bytes_8bit']:,}")
+            shapes = " + ".join("x".join(map(str, t["shape"])) for t in r["tensors"])
+            table.add_row(r["name"], "stage" if r["stage"] else "", shapes, f"{r['float_bytes']:,}", f"{r['bytes_8bit']:,}")
         Console().print(table)
         return
     if not cut or not out:

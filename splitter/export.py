@@ -69,7 +69,8 @@ class Splitter:
             raise ValueError("give feature_layer: the stage whose features the anomaly scorer reads")
         upto = self.feature_layer if cfg.task == "anomaly" else None
         self.upto = upto
-        self.cuts = list_cuts(self.model, self.size, upto=upto)
+        self.cuts = list_cuts(self.model, self.size, upto=upto, inner=True)  # every candidate, multi-tensor ones too
+        self.stage_cuts = [c for c in self.cuts if c.stage]  # the boundaries between top-level stages
         self._scorer: MotionKnnScorer | None = None
 
     # -- shared across cuts ---------------------------------------------------------------
@@ -93,25 +94,29 @@ class Splitter:
         return self._scorer
 
     # -- per cut ----------------------------------------------------------------------------
-    def calibrate(self, cut: Cut, bits: int) -> codec.QuantParams:
+    def calibrate(self, cut: Cut, bits: int) -> list[codec.QuantParams]:
+        """Quantizer parameters of each of the cut's tensors, fitted on its own activations."""
         net = nn.Sequential(self.preprocess, split(self.model, cut)[0]).eval()
         vids = {k: v[:: self.cfg.calib_stride] for k, v in self.training_videos(False).items()}
-        acts = np.concatenate([a for _, a in run_videos(net, vids, self.size, f"calibrate {cut.name}", quiet=self.quiet)])
-        return codec.calibrate(acts, bits, per_channel=self.cfg.per_channel, percentile=self.cfg.percentile)
+        runs = run_videos(net, vids, self.size, f"calibrate {cut.name}", quiet=self.quiet)
+        acts = [np.concatenate(t) for t in zip(*(_tensors(a) for _, a in runs), strict=True)]
+        return [codec.calibrate(a, bits, per_channel=self.cfg.per_channel, percentile=self.cfg.percentile) for a in acts]
 
-    def graphs(self, cut: Cut, q: codec.QuantParams) -> tuple[nn.Module, nn.Module]:
+    def graphs(self, cut: Cut, qs: list[codec.QuantParams]) -> tuple[nn.Module, nn.Module]:
         head, tail = split(self.model, cut, upto=self.upto)
-        head_g = HeadGraph(self.preprocess, head, Quantize(q)).eval()
+        ranks = [len(t.shape) + 1 for t in cut.tensors]
+        head_g = HeadGraph(self.preprocess, head, [Quantize(q, n) for q, n in zip(qs, ranks, strict=True)]).eval()
+        deq = [Dequantize(q, n) for q, n in zip(qs, ranks, strict=True)]
         if self.cfg.task == "classify":
-            return head_g, ClassifierTailGraph(Dequantize(q), tail).eval()
-        return head_g, AnomalyTailGraph(Dequantize(q), tail, self.scorer()).eval()
+            return head_g, ClassifierTailGraph(deq, tail).eval()
+        return head_g, AnomalyTailGraph(deq, tail, self.scorer()).eval()
 
     @torch.no_grad()
     def threshold(self, head_g: nn.Module, tail_g: AnomalyTailGraph) -> float:
         """The score quantile of held-out normal videos, through the quantized split path."""
         scores = []
         for _, codes in run_videos(head_g, self.training_videos(True), self.size, "threshold", quiet=self.quiet):
-            scores.append(score_video(tail_g, torch.from_numpy(codes), self.cfg.gap))
+            scores.append(score_video(tail_g, [torch.from_numpy(c) for c in _tensors(codes)], self.cfg.gap))
         return float(np.quantile(np.concatenate(scores), self.cfg.threshold_quantile))
 
     def export(self, out: str | Path, cut_name: str | None = None, bits: int | None = None) -> dict:
@@ -120,12 +125,13 @@ class Splitter:
         bits = bits or cfg.bits
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        q = self.calibrate(cut, bits)
-        head_g, tail_g = self.graphs(cut, q)
+        qs = self.calibrate(cut, bits)
+        head_g, tail_g = self.graphs(cut, qs)
         h, w = self.size
         image = torch.zeros(1, h, w, 3, dtype=torch.uint8)
-        codes = head_g(image)
-        _onnx(head_g, (image,), out / "head.onnx", ["image"], ["codes"])
+        codes = _tensors(head_g(image))
+        names = codes_names(len(codes))
+        _onnx(head_g, (image,), out / "head.onnx", ["image"], names)
         manifest = {
             "model": self._model_entry(),
             "input": {
@@ -134,27 +140,33 @@ class Splitter:
             },
             "cut": {
                 "name": cut.name,
-                "tensors": [{"name": "codes", "shape": list(cut.shape), "dtype": "uint8"}],
+                "stage": cut.stage,
+                "tensors": [
+                    {"name": n, "shape": list(t.shape), "dtype": "uint8"} for n, t in zip(names, cut.tensors, strict=True)
+                ],
                 "elements": cut.elements,
                 "float_bytes": cut.raw_bytes,
             },
-            "quantizer": dict(q.to_json(), percentile=cfg.percentile, kind="uniform-affine"),
+            "quantizer": {
+                "kind": "uniform-affine", "bits": bits, "percentile": cfg.percentile, "per_channel": cfg.per_channel,
+                "tensors": [q.to_json() for q in qs],
+            },
             "coder": {"name": cfg.coder},
             "files": {"head": {"path": "head.onnx"}, "tail": {"path": "tail.onnx"}},
             "split_config": dict(asdict(cfg), cut=cut.name, bits=bits, feature_layer=self.feature_layer),
             "created_by": {"infocut": infocut.__version__, "torch": torch.__version__.split("+")[0], "opset": OPSET},
         }
         if cfg.task == "classify":
-            _onnx(tail_g, (codes,), out / "tail.onnx", ["codes"], ["logits"])
+            _onnx(tail_g, codes, out / "tail.onnx", names, ["logits"])
             manifest["task"] = "classify"
             manifest["scorer"] = {"kind": "none", "threshold": None}
         else:
             with torch.no_grad():
-                feats = tail_g.tail(tail_g.dequantize(codes))
+                feats = tail_g.features(*codes)
             has = torch.zeros(1)
             _onnx(
-                tail_g, (codes, feats, has), out / "tail.onnx",
-                ["codes", "prev_features", "has_prev"], ["score", "anomaly_map", "features"],
+                tail_g, (*codes, feats, has), out / "tail.onnx",
+                [*names, "prev_features", "has_prev"], ["score", "anomaly_map", "features"],
             )
             manifest["task"] = "anomaly"
             manifest["scorer"] = {
@@ -196,10 +208,24 @@ def _onnx(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs
     path.write_bytes(model.SerializeToString())
 
 
+def codes_names(n: int) -> list[str]:
+    """The ONNX names of the codes of a cut's tensors: "codes" alone, else codes_0, codes_1, ..."""
+    return ["codes"] if n == 1 else [f"codes_{i}" for i in range(n)]
+
+
+def _tensors(x) -> tuple:
+    """A head's output as a tuple of its cut tensors (a single-tensor head returns the tensor itself)."""
+    return x if isinstance(x, tuple) else (x,)
+
+
 @torch.no_grad()
-def score_video(tail_g: AnomalyTailGraph, codes: torch.Tensor, gap: int = 1, batch: int = 16) -> np.ndarray:
-    """Scores of one video's consecutive frames, each against the features `gap` frames back."""
-    feats = torch.cat([tail_g.tail(tail_g.dequantize(c)) for c in codes.split(batch)])
+def score_video(
+    tail_g: AnomalyTailGraph, codes: torch.Tensor | list[torch.Tensor], gap: int = 1, batch: int = 16
+) -> np.ndarray:
+    """Scores of one video's consecutive frames, each against the features `gap` frames back. `codes`: the
+    video's codes of each cut tensor, in cut order (a single tensor for a single-tensor cut)."""
+    codes = [codes] if isinstance(codes, torch.Tensor) else codes
+    feats = torch.cat([tail_g.features(*c) for c in zip(*(t.split(batch) for t in codes))])
     prev, has = lagged(feats, gap)
     return torch.cat(
         [tail_g.scorer(f, p, h)[0] for f, p, h in zip(feats.split(batch), prev.split(batch), has.split(batch))]

@@ -26,7 +26,8 @@ def load_frames(paths: list[Path], size: tuple[int, int]) -> np.ndarray:
 def run_videos(
     fn, videos: dict[str, list[Path]], size: tuple[int, int], desc: str, batch: int = 16, quiet: bool = False
 ) -> Iterable[tuple[str, np.ndarray]]:
-    """Yield (video id, fn applied to its uint8 NHWC frames) video by video, batch by batch."""
+    """Yield (video id, fn applied to its uint8 NHWC frames) video by video, batch by batch. An `fn` that
+    returns a tuple of tensors (the head of a multi-tensor cut) yields a tuple of arrays."""
     total = sum(len(v) for v in videos.values())
     with progress_bar(disable=quiet, transient=True) as bar:
         task = bar.add_task(desc, total=total)
@@ -34,6 +35,8 @@ def run_videos(
             outs = []
             for i in range(0, len(paths), batch):
                 frames = torch.from_numpy(load_frames(paths[i : i + batch], size))
-                outs.append(fn(frames).numpy())
+                out = fn(frames)
+                outs.append(tuple(o.numpy() for o in out) if isinstance(out, tuple) else out.numpy())
                 bar.advance(task, len(frames))
-            yield vid, np.concatenate(outs)
+            multi = isinstance(outs[0], tuple)
+            yield vid, tuple(np.concatenate(o) for o in zip(*outs)) if multi else np.concatenate(outs)

@@ -3,7 +3,9 @@
 The head takes raw uint8 RGB frames (N, H, W, 3) and ends in the quantizer, so the edge does
 nothing but resize, run the graph and entropy-code integer codes. The tail starts with the
 dequantizer. The quantizer ops match codec.quantizer bit for bit (Div, Round half-to-even,
-Add, Clip, Cast), which tests/test_split.py checks.
+Add, Clip, Cast), which tests/test_split.py checks. At a cut where several tensors cross (inside
+a residual block) each has its own quantizer: the head returns their codes as separate outputs
+and the tail takes them as separate inputs, in the cut's order.
 """
 
 from __future__ import annotations
@@ -15,9 +17,15 @@ from torch import nn
 from codec import QuantParams
 
 
-def _channel_view(values, axis) -> torch.Tensor:
+def _channel_view(values, axis, ndim: int) -> torch.Tensor:
+    """Per-channel values shaped to broadcast over (N, C, ...) of rank `ndim`; a scalar per tensor."""
     t = torch.tensor(np.array(values, dtype=np.float32))
-    return t.view(1, -1, 1, 1) if axis is not None else t.view(())
+    return t.view(1, -1, *[1] * (ndim - 2)) if axis is not None else t.view(())
+
+
+def _listed(modules) -> nn.ModuleList:
+    """One (de)quantizer per cut tensor; a lone module stands for a single-tensor cut (bench/ passes nn.Identity)."""
+    return nn.ModuleList(modules if isinstance(modules, (list, tuple, nn.ModuleList)) else [modules])
 
 
 class Preprocess(nn.Module):
@@ -33,10 +41,12 @@ class Preprocess(nn.Module):
 
 
 class Quantize(nn.Module):
-    def __init__(self, q: QuantParams):
+    """float (N, C, ...) -> uint8 codes; `ndim` is the rank of the batched tensor (4 for N, C, H, W)."""
+
+    def __init__(self, q: QuantParams, ndim: int = 4):
         super().__init__()
-        self.register_buffer("scale", _channel_view(q.scale, q.axis))
-        self.register_buffer("zero_point", _channel_view(q.zero_point, q.axis))
+        self.register_buffer("scale", _channel_view(q.scale, q.axis, ndim))
+        self.register_buffer("zero_point", _channel_view(q.zero_point, q.axis, ndim))
         self.qmax = float(2**q.bits - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,43 +54,54 @@ class Quantize(nn.Module):
 
 
 class Dequantize(nn.Module):
-    def __init__(self, q: QuantParams):
+    def __init__(self, q: QuantParams, ndim: int = 4):
         super().__init__()
-        self.register_buffer("scale", _channel_view(q.scale, q.axis))
-        self.register_buffer("zero_point", _channel_view(q.zero_point, q.axis))
+        self.register_buffer("scale", _channel_view(q.scale, q.axis, ndim))
+        self.register_buffer("zero_point", _channel_view(q.zero_point, q.axis, ndim))
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         return (codes.float() - self.zero_point) * self.scale
 
 
 class HeadGraph(nn.Module):
-    def __init__(self, preprocess: Preprocess, head: nn.Module, quantize: Quantize):
+    """image -> the codes of each cut tensor: one tensor for a single-tensor cut, else a tuple in cut order."""
+
+    def __init__(self, preprocess: Preprocess, head: nn.Module, quantize: list[Quantize]):
         super().__init__()
-        self.preprocess, self.head, self.quantize = preprocess, head, quantize
+        self.preprocess, self.head, self.quantize = preprocess, head, _listed(quantize)
 
     def forward(self, image):
-        return self.quantize(self.head(self.preprocess(image)))
+        x = self.head(self.preprocess(image))
+        codes = tuple(q(t) for q, t in zip(self.quantize, x if isinstance(x, tuple) else (x,), strict=True))
+        return codes[0] if len(codes) == 1 else codes
 
 
-class AnomalyTailGraph(nn.Module):
-    """codes, previous features, has_prev -> score, anomaly map, features (the next state)."""
-
-    def __init__(self, dequantize: Dequantize, tail: nn.Module, scorer: nn.Module):
+class _TailGraph(nn.Module):
+    def __init__(self, dequantize: list[Dequantize], tail: nn.Module):
         super().__init__()
-        self.dequantize, self.tail, self.scorer = dequantize, tail, scorer
+        self.dequantize, self.tail = _listed(dequantize), tail
 
-    def forward(self, codes, prev_features, has_prev):
-        feats = self.tail(self.dequantize(codes))
+    def features(self, *codes):
+        """The tail's output on the codes of each cut tensor, given as separate arguments in cut order."""
+        return self.tail(*(d(c) for d, c in zip(self.dequantize, codes, strict=True)))
+
+
+class AnomalyTailGraph(_TailGraph):
+    """codes of each cut tensor..., previous features, has_prev -> score, anomaly map, features (the next state)."""
+
+    def __init__(self, dequantize: list[Dequantize], tail: nn.Module, scorer: nn.Module):
+        super().__init__(dequantize, tail)
+        self.scorer = scorer
+
+    def forward(self, *inputs):
+        *codes, prev_features, has_prev = inputs
+        feats = self.features(*codes)
         score, amap = self.scorer(feats, prev_features, has_prev)
         return score, amap, feats
 
 
-class ClassifierTailGraph(nn.Module):
-    """codes -> logits: the split of a plain classifier, used to check the split itself."""
+class ClassifierTailGraph(_TailGraph):
+    """codes of each cut tensor... -> logits: the split of a plain classifier, used to check the split itself."""
 
-    def __init__(self, dequantize: Dequantize, tail: nn.Module):
-        super().__init__()
-        self.dequantize, self.tail = dequantize, tail
-
-    def forward(self, codes):
-        return self.tail(self.dequantize(codes))
+    def forward(self, *codes):
+        return self.features(*codes)

@@ -43,7 +43,11 @@ AGREEMENT: dict[tuple[str, int], dict[str, float]] = {}
 
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
-    """(N, 32, 32, 3) uint8 RGB: the 4 test photos first, then Ped2 test frames spread over each video."""
+    return photos_and_ped2(SIZE)
+
+
+def photos_and_ped2(size: tuple[int, int]) -> np.ndarray:
+    """(N, h, w, 3) uint8 RGB: the 4 test photos first, then Ped2 test frames spread over each video."""
     if needs_shared.args[0]:  # the skipif condition: ../shared is missing
         pytest.skip(needs_shared.kwargs["reason"])
     import cv2
@@ -54,12 +58,12 @@ def images() -> np.ndarray:
 
     photos = sorted(p for p in require_shared(*PHOTOS).iterdir() if p.suffix in (".bmp", ".jpg", ".png"))
     assert len(photos) == N_PHOTOS, photos
-    out = [to_input(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), SIZE) for p in photos]
+    out = [to_input(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), size) for p in photos]
     for paths in ped2.videos("testing").values():
         step = len(paths) // PED2_PER_VIDEO
-        out += [ped2.read_rgb(p, SIZE) for p in paths[::step][:PED2_PER_VIDEO]]
+        out += [ped2.read_rgb(p, size) for p in paths[::step][:PED2_PER_VIDEO]]
     x = np.stack(out)
-    assert x.shape[1:] == (*SIZE, 3) and x.dtype == np.uint8 and len(x) - N_PHOTOS >= 60
+    assert x.shape[1:] == (*size, 3) and x.dtype == np.uint8 and len(x) - N_PHOTOS >= 60
     return x
 
 
@@ -86,9 +90,9 @@ def _memo_splitter_class():
                 vids = {k: v[:: self.cfg.calib_stride] for k, v in self.training_videos(False).items()}
                 runs = run_videos(net, vids, self.size, "calibrate", quiet=True)
                 self._acts[cut.name] = np.concatenate([a for _, a in runs])
-            return codec.calibrate(
+            return [codec.calibrate(
                 self._acts[cut.name], bits, per_channel=self.cfg.per_channel, percentile=self.cfg.percentile
-            )
+            )]
 
     return MemoSplitter
 
@@ -145,22 +149,25 @@ def _tail_torch(splitter, cut: str, cut_tensor: np.ndarray) -> np.ndarray:
         return tail(torch.from_numpy(np.ascontiguousarray(cut_tensor, dtype=np.float32))).numpy()
 
 
-def _onnx_path(art, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """head.onnx -> encode_frame/decode_frame (one frame per image, the artifact's coder) -> tail.onnx."""
+def onnx_path(art, images: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """head.onnx -> encode_frame/decode_frame (one frame per image, the artifact's coder) -> tail.onnx of a
+    classify artifact: (the codes of each cut tensor, logits)."""
     from codec import decode_frame, encode_frame
     from edge.head import Head, session
 
-    codes = Head(art, threads=2)(images)[0]
-    assert codes.dtype == np.uint8 and codes.shape == (len(images), *art.cut_shapes[0])
+    codes = Head(art, threads=2)(images)
+    assert [c.shape for c in codes] == [(len(images), *s) for s in art.cut_shapes]
+    assert all(c.dtype == np.uint8 for c in codes)
     decoded = []
-    for i in range(len(codes)):
-        frame = encode_frame([codes[i : i + 1]], art.bits, art.coder)
+    for i in range(len(images)):
+        frame = encode_frame([c[i : i + 1] for c in codes], art.bits, art.coder)
         got = decode_frame(frame)
         assert got.coder == art.coder == "zstd" and got.bits == art.bits
-        decoded.append(got.tensors[0])
-    decoded = np.concatenate(decoded)
-    np.testing.assert_array_equal(decoded, codes)
-    logits = session(art.tail_path, threads=2).run(None, {"codes": decoded})[0]
+        decoded.append(got.tensors)
+    decoded = [np.concatenate(t) for t in zip(*decoded)]
+    for d, c in zip(decoded, codes, strict=True):
+        np.testing.assert_array_equal(d, c)
+    logits = session(art.tail_path, threads=2).run(None, dict(zip(art.cut_names, decoded, strict=True)))[0]
     return codes, logits
 
 
@@ -180,9 +187,10 @@ def test_memo_calibration_equals_splitter(splitter):
 
 @needs_shared
 def test_classify_cuts_run_to_layer3_2(splitter):
-    names = [c.name for c in splitter.cuts]
+    names = [c.name for c in splitter.stage_cuts]
     assert names[-1] == "layer3_2" and set(CUTS) <= set(names)
-    assert splitter.cuts[-1].shape == (64, 8, 8)
+    assert splitter.stage_cuts[-1].shape == (64, 8, 8)
+    assert set(splitter.stage_cuts) < set(splitter.cuts)  # the cuts inside stages are candidates too
 
 
 @needs_shared
@@ -193,9 +201,9 @@ def test_classify_parity(cut, bits, exported, splitter, images, torch_ref):
 
     art = exported(cut, bits)
     assert art.manifest["task"] == "classify" and art.manifest["cut"]["name"] == cut and art.bits == bits
-    q = QuantParams.from_json(art.manifest["quantizer"])
+    [q] = [QuantParams.from_json(t) for t in art.manifest["quantizer"]["tensors"]]
     ref, acts = torch_ref
-    codes, logits = _onnx_path(art, images)
+    [codes], logits = onnx_path(art, images)
     assert logits.shape == ref.shape and np.all(np.isfinite(logits))
 
     # 1. the ONNX tail is the torch tail behind the numpy dequantizer: same codes in, same logits out
@@ -245,7 +253,7 @@ def test_photo_flips_come_from_clipping(cut, exported, splitter, images, torch_r
     from splitter.cuts import find_cut
 
     ref, acts = torch_ref
-    q = codec.QuantParams.from_json(exported(cut, 8).manifest["quantizer"])
+    [q] = [codec.QuantParams.from_json(t) for t in exported(cut, 8).manifest["quantizer"]["tensors"]]
     t = acts[cut] / q.scale.reshape(1, -1, 1, 1) + q.zero_point.reshape(1, -1, 1, 1)
     clipped = ((t < -0.5) | (t > q.qmax + 0.5)).reshape(len(t), -1).mean(axis=1)
     assert clipped[:N_PHOTOS].mean() > 10 * clipped[N_PHOTOS:].mean(), clipped
@@ -254,9 +262,9 @@ def test_photo_flips_come_from_clipping(cut, exported, splitter, images, torch_r
     splitter.calibrate(c, 8)  # the Ped2 calibration activations, kept by the module's splitter
     calib = np.concatenate([splitter._acts[cut], acts[cut][:N_PHOTOS]])
     covering = codec.calibrate(calib, 8, per_channel=splitter.cfg.per_channel, percentile=splitter.cfg.percentile)
-    monkeypatch.setattr(splitter, "calibrate", lambda cut_, bits: covering)
+    monkeypatch.setattr(splitter, "calibrate", lambda cut_, bits: [covering])
     splitter.export(tmp_path, cut, 8)
-    _, logits = _onnx_path(load_artifact(tmp_path), images[:N_PHOTOS])
+    _, logits = onnx_path(load_artifact(tmp_path), images[:N_PHOTOS])
     np.testing.assert_array_equal(logits.argmax(1), ref[:N_PHOTOS].argmax(1))
 
 
@@ -269,7 +277,7 @@ def test_head_codes_equal_numpy_quantizer(cut, bits, exported, images, torch_ref
     from edge.head import Head
 
     art = exported(cut, bits)
-    q = QuantParams.from_json(art.manifest["quantizer"])
+    [q] = [QuantParams.from_json(t) for t in art.manifest["quantizer"]["tensors"]]
     act = torch_ref[1][cut]
     codes = Head(art, threads=2)(images)[0]
     expected = quantize(act, q)
@@ -328,11 +336,13 @@ def test_manifest_has_every_contract_field(small_artifact):
     assert (inp["height"], inp["width"]) == (120, 180)
     assert inp["layout"] == "NHWC" and inp["dtype"] == "uint8" and inp["color"] == "RGB"
     assert len(inp["mean"]) == len(inp["std"]) == 3 and inp["resize"]
-    assert m["cut"]["name"] == "layer2_1"
+    assert m["cut"]["name"] == "layer2_1" and m["cut"]["stage"] is True
     [tensor] = m["cut"]["tensors"]
-    assert tensor["shape"] == [32, 60, 90] and tensor["dtype"] == "uint8"
-    assert m["cut"]["elements"] == math.prod(tensor["shape"])
-    q = QuantParams.from_json(m["quantizer"])
+    assert tensor == {"name": "codes", "shape": [32, 60, 90], "dtype": "uint8"}
+    assert m["cut"]["elements"] == math.prod(tensor["shape"]) and m["cut"]["float_bytes"] == 4 * m["cut"]["elements"]
+    assert m["quantizer"]["kind"] == "uniform-affine" and m["quantizer"]["bits"] == 4
+    assert m["quantizer"]["per_channel"] is True and m["quantizer"]["percentile"] == 99.99
+    [q] = [QuantParams.from_json(t) for t in m["quantizer"]["tensors"]]
     assert q.bits == 4 and q.axis == 1 and q.scale.shape == (32,)
     assert m["coder"]["name"] == "zstd"
     assert m["task"] == "anomaly" and m["scorer"]["kind"] == "knn-motion"
@@ -425,12 +435,14 @@ def test_cli_list_cuts():
 
     result = CliRunner().invoke(app, ["split", "resnet20", "--list"])
     assert result.exit_code == 0, result.output
-    rows = [line for line in result.output.splitlines() if any(f" {n} " in line for n, _ in ANOMALY_CUTS)]
+    rows = [line for line in result.output.splitlines() if " stage " in line and "│" in line]
     assert len(rows) == 7, result.output
     for (name, shape), row in zip(ANOMALY_CUTS, rows):
         n = math.prod(shape)
         assert f" {name} " in row and "x".join(map(str, shape)) in row
         assert f"{4 * n:,}" in row and f"{n:,}" in row
+    # inside the blocks: two tensors across the skip connection, the block's input and the conv's output
+    assert "│ layer2_1.conv1 " in result.output and " 32x60x90 + 32x60x90 " in result.output
     assert "layer3_0" not in result.output  # the anomaly scorer reads layer2_2: later cuts are useless
 
 
@@ -443,15 +455,23 @@ def test_cli_list_cuts_json():
     result = CliRunner().invoke(app, ["split", "resnet20", "--list", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert [(r["name"], tuple(r["shape"])) for r in rows] == ANOMALY_CUTS
+    assert [(r["name"], tuple(r["tensors"][0]["shape"])) for r in rows if r["stage"]] == ANOMALY_CUTS
+    assert len(rows) == 47 and sum(len(r["tensors"]) == 2 for r in rows) == 32
     for r in rows:
-        assert r["elements"] == math.prod(r["shape"]) == r["bytes_8bit"] and r["float_bytes"] == 4 * r["elements"]
+        assert r["stage"] == ("." not in r["name"]) and 1 <= len(r["tensors"]) <= 2
+        assert r["elements"] == sum(math.prod(t["shape"]) for t in r["tensors"]) == r["bytes_8bit"]
+        assert r["float_bytes"] == 4 * r["elements"]
+    conv1 = next(r for r in rows if r["name"] == "layer2_1.conv1")
+    assert [t["shape"] for t in conv1["tensors"]] == [[32, 60, 90], [32, 60, 90]]
+    assert conv1["tensors"][0]["node"] == next(r for r in rows if r["name"] == "layer2_0")["tensors"][0]["node"]
 
     result = CliRunner().invoke(
         app, ["split", "resnet20", "--list", "--json", "--task", "classify", "--height", "32", "--width", "32"]
     )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert len(rows) == 10 and rows[-1] == {
-        "name": "layer3_2", "shape": [64, 8, 8], "elements": 4096, "float_bytes": 16384, "bytes_8bit": 4096,
+    stages = [r for r in rows if r["stage"]]
+    assert len(rows) == 72 and len(stages) == 10 and stages[-1] == {
+        "name": "layer3_2", "stage": True, "tensors": [{"node": "relu_18", "shape": [64, 8, 8]}],
+        "elements": 4096, "float_bytes": 16384, "bytes_8bit": 4096,
     }

@@ -39,6 +39,8 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 class Conv(nn.Conv2d):
     """A conv with a bias, TF 'SAME' padding and optionally the ReLU6 TFLite fused into it."""
 
+    fx_leaf = True  # the padding depends on the input size: one op in splitter.cuts' graph
+
     def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1, relu6: bool = True):
         super().__init__(cin, cout, kernel, stride, groups=groups, bias=True)
         self.relu6 = relu6
