@@ -173,7 +173,7 @@ def make_splitter(cfg):
             return self._scorer
 
         def calibrate(self, cut, bits):
-            return self.qparams[cut.name, bits]
+            return [self.qparams[cut.name, bits]]  # one per tensor: the bench's cuts carry one
 
         def threshold(self, head_g, tail_g) -> float:
             return 0.0  # timing artifacts only: their alert threshold is never used
@@ -189,14 +189,14 @@ def all_codes_module(sp, pairs):
 
     from splitter.graphs import Quantize
 
-    stages = [m for _, m in sp.model.named_children()][: sp.cuts[-1].index]
+    stages = [m for _, m in sp.model.named_children()][: len(sp.stage_cuts)]  # a stage cut ends each stage
 
     class AllCodes(nn.Module):
         def __init__(self):
             super().__init__()
             self.preprocess, self.stages = sp.preprocess, nn.ModuleList(stages)
             self.quant = nn.ModuleList(
-                nn.ModuleList(Quantize(sp.qparams[c.name, b]) for name, b in pairs if name == c.name) for c in sp.cuts
+                nn.ModuleList(Quantize(sp.qparams[c.name, b]) for name, b in pairs if name == c.name) for c in sp.stage_cuts
             )
 
         def forward(self, image):
@@ -206,7 +206,7 @@ def all_codes_module(sp, pairs):
                 outs += [q(x) for q in quant]
             return (*outs, x)
 
-    order = [(c.name, b) for c in sp.cuts for name, b in pairs if name == c.name]
+    order = [(c.name, b) for c in sp.stage_cuts for name, b in pairs if name == c.name]
     return AllCodes().eval(), order, torch.zeros(1, *sp.size, 3, dtype=torch.uint8)
 
 
@@ -344,9 +344,14 @@ def _zeros_image(sp):
     return torch.zeros(1, *sp.size, 3, dtype=torch.uint8)
 
 
-def split_pass(sp, pairs, coders, native, scored, lag, tmp, threads, bar) -> dict:
+def split_pass(sp, pairs, coders, native, scored, lag, tmp, threads, bar, raw_frame_bytes: int) -> dict:
     """Unsplit and split rows in one pass over the test frames: the head's codes of every (cut, bits)
-    and the float features come out of one graph; every (cut, bits) then runs its own tail."""
+    and the float features come out of one graph; every (cut, bits) then runs its own tail.
+
+    A (cut, bits) whose frames, with the best coder, take more bytes than the raw frame is dominated:
+    sending the raw frame to the unsplit model costs fewer bytes, loses nothing and needs no edge
+    compute. Its bytes are measured on every frame like the others', but its tail and scorer (the most
+    expensive part of the pass) are not run and its AUROC is not evaluated (None in the rows)."""
     from codec import encode_frame
     from edge.preprocess import to_input
 
@@ -359,6 +364,7 @@ def split_pass(sp, pairs, coders, native, scored, lag, tmp, threads, bar) -> dic
     sizes = {(c, b, coder): [] for c, b in order for coder in coders}
     enc_s = {k: [] for k in sizes}
     samples = {k: [] for k in sizes}
+    dominated: set | None = None  # decided on the first batch
     n = sum(len(v) for v in scored.values())
     task = bar.add_task("unsplit + split (all cuts, bits)", total=n)
     for vid, idx in scored.items():
@@ -386,10 +392,15 @@ def split_pass(sp, pairs, coders, native, scored, lag, tmp, threads, bar) -> dic
                             samples[key].append(frame)
                     if coder == "raw" and len(set(sizes[key])) != 1:
                         raise RuntimeError(f"raw coder frames of {key} vary in size: {sorted(set(sizes[key]))}")
-                streams[cut_name, b].push(tails[cut_name](codes, sp.qparams[cut_name, b]))
+                if dominated is None or (cut_name, b) not in dominated:
+                    streams[cut_name, b].push(tails[cut_name](codes, sp.qparams[cut_name, b]))
+            if dominated is None:
+                dominated = {k for k in order if min(np.mean(sizes[(*k, c)]) for c in coders) > raw_frame_bytes}
+                for k in dominated:
+                    del streams[k]
             bar.advance(task, len(imgs))
     bar.remove_task(task)
-    return {"scores": {k: s.result() for k, s in streams.items()}, "tails": tails, "sizes": sizes, "encode_s": enc_s,
+    return {"scores": {k: s.result() for k, s in streams.items()}, "dominated": sorted(dominated or ()), "tails": tails, "sizes": sizes, "encode_s": enc_s,
             "samples": samples, "order": order}
 
 
@@ -403,7 +414,7 @@ def tail_session(sp, cut_name: str, tmp: Path, threads: int):
 
     from splitter.cuts import find_cut, split
 
-    cut = find_cut(sp.cuts, cut_name)
+    cut = find_cut(sp.stage_cuts, cut_name)
     _, tail = split(sp.model, cut, upto=sp.upto)
 
     class DequantTail(nn.Module):
@@ -582,7 +593,10 @@ def build_rows(ref, split, rival_runs, timing, labels, boot, smooth_k, cut_shape
         rows.append(row(r["method"], setting=r["label"].split(" ", 1)[1], sizes=r["sizes"], head_ms=r["encode_ms"],
                         tail_ms=tail, param=r["param"], psnr_db=r["psnr_db"], **stats(r["scores"])))
     for cut_name, b in split["order"]:
-        st = stats(split["scores"][cut_name, b])
+        if (cut_name, b) in split["scores"]:
+            st = stats(split["scores"][cut_name, b])
+        else:  # dominated by the raw frame: not evaluated
+            st = {f"{m}{x}": None for m in ("auroc", "auroc_smoothed") for x in ("", "_lo", "_hi", "_drop", "_drop_lo", "_drop_hi")}
         shape = cut_shapes[cut_name]
         elements = int(np.prod(shape))
         for coder in coders:
@@ -617,6 +631,7 @@ def summarize(rows: list[dict], key: str = "auroc") -> dict:
     best = {}
     for fam in FAMILIES:
         cands = [r for r in rows if r["method"] == fam]
+        cands = [r for r in cands if r[key] is not None]
         ok = [r for r in cands if r[key] >= ref - DROP]
         if not ok:
             best[fam] = None
@@ -680,8 +695,8 @@ def table(rows: list[dict], title: str):
         last = r["method"]
         t.add_row(
             r["method"], r["setting"], f"{r['bytes_per_frame']:,.0f}", f"{r['bytes_p95']:,.0f}",
-            f"{r['auroc']:.4f} [{r['auroc_lo']:.3f}, {r['auroc_hi']:.3f}]",
-            f"{r['auroc_smoothed']:.4f} [{r['auroc_smoothed_lo']:.3f}, {r['auroc_smoothed_hi']:.3f}]",
+            *(f"{r[k]:.4f} [{r[k + '_lo']:.3f}, {r[k + '_hi']:.3f}]" if r[k] is not None else "dominated by raw"
+              for k in ("auroc", "auroc_smoothed")),
             _ms(r["head_ms"]), _ms(r["tail_ms"]),
         )
     return t
@@ -713,7 +728,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         for i, cut in enumerate(cuts):
             color = cmap(0.4 + 0.6 * i / max(1, len(cuts) - 1))
             for coder, style, alpha in (("zstd", "s-", 0.95), ("raw", "x:", 0.45)):
-                rs = sorted((r for r in rows if r["method"] == "split" and r["cut"] == cut and r["coder"] == coder),
+                rs = sorted((r for r in rows if r["method"] == "split" and r["cut"] == cut and r["coder"] == coder
+                             and r[key] is not None),
                             key=lambda r: r["bytes_per_frame"])
                 if not rs:
                     continue
@@ -731,7 +747,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.set_xlabel("bytes per frame (mean, log scale)")
         ax.set_title(f"{name}")
         ax.grid(True, which="both", alpha=0.25)
-    lo = min(r[k] for r in rows for k in ("auroc", "auroc_smoothed"))
+    lo = min(r[k] for r in rows for k in ("auroc", "auroc_smoothed") if r[k] is not None)
     axes[0].set_ylim(max(0.4, lo - 0.02), min(1.0, max(ref["auroc"], ref["auroc_smoothed"]) + 0.02))
     axes[0].set_ylabel("frame-level AUROC, Ped2 test")
     axes[1].legend(loc="lower right", fontsize=7, ncol=2)
@@ -769,6 +785,9 @@ HOW = {
                    "(per channel, percentile 99.99) on the activations of the frames Splitter.calibrate uses, in "
                    "onnxruntime (cached). Checked against a real exported artifact's head.onnx on the timing frames "
                    "(codes_identical_* under timing).",
+    "dominated": "a split (cut, bits) whose first frames, with the best coder, take more bytes than the raw RGB "
+                 "frame (259,200 B) is dominated by sending that frame to the unsplit model (fewer bytes, exact, no "
+                 "edge compute): its bytes are measured on every scored frame, its tail and AUROC are not run (null).",
     "split_scores": "per cut an ONNX graph: splitter.graphs.Dequantize's ops with the (cut, bits) parameters as "
                     "inputs, then the network from the cut to block5 (what tail.onnx holds before its scorer), in "
                     "onnxruntime; then the fitted scorer. Checked against a real artifact's tail.onnx on the timing "
@@ -853,7 +872,7 @@ def main(argv: list[str] | None = None) -> None:
     except FileNotFoundError as e:
         raise SystemExit(f"bench/ped2.py: {e}") from None
     sp = make_splitter(cfg)
-    cuts = sp.cuts
+    cuts = sp.stage_cuts
     if args.cuts:
         wanted = [c.strip() for c in args.cuts.split(",") if c.strip()]
         if bad := [w for w in wanted if w not in {c.name for c in cuts}]:
@@ -911,7 +930,7 @@ def main(argv: list[str] | None = None) -> None:
         bar.advance(overall)
 
         t0 = time.perf_counter()
-        split = split_pass(sp, pairs, coders, native, scored, lag, tmp, args.threads, bar)
+        split = split_pass(sp, pairs, coders, native, scored, lag, tmp, args.threads, bar, raw_frame_bytes)
         secs["unsplit_and_split"] = time.perf_counter() - t0
         ref_scores = split["scores"]["unsplit"]
         ref = auroc(labels, ref_scores)
@@ -1019,6 +1038,7 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "grid": {"crf": list(crfs), "quality": list(qualities), "bits": list(bits_list), "cuts": cut_names,
                  "coders": list(coders), "rivals": rival_names},
+        "dominated_by_raw_frame": [f"{c} {b}-bit" for c, b in split["dominated"]],
         "timing": timing,
         "scorer_check": scorer_check,
         "how": HOW,
