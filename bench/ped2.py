@@ -682,6 +682,40 @@ def summary_text(s: dict) -> list[str]:
     return lines
 
 
+def markdown(result: dict) -> str:
+    """The README's tables from a ped2.json: the smallest bytes within 1 point per family, then every
+    zstd split setting and every rival setting."""
+
+    def au(r, k):
+        return "dominated by raw" if r[k] is None else f"{r[k]:.3f} [{r[k + '_lo']:.3f}, {r[k + '_hi']:.3f}]"
+
+    lines = [f"Frame AUROC on {result['scored_frames']} scored frames of the {len(result['videos'])} Ped2 test videos "
+             f"(stride {result['stride']}), revision {(result['git']['commit'] or '?')[:7]}, "
+             f"{result['machine']['cpu_count']} cores ({result['machine']['cpu_model']}), run time "
+             f"{result['runtime_s']['total'] / 60:.0f} min.", "",
+             "| family | smallest B/frame within 1 point of unsplit (p95) | setting | AUROC | split's bytes ÷ family's |",
+             "|---|---:|---|---:|---:|"]
+    for key, name in (("auroc", "raw scores"), ("auroc_smoothed", "causal max over 0.5 s")):
+        s = result["summary"][key]
+        lines.append(f"| **{name}**: unsplit {s['unsplit']:.3f}, line {s['line']:.3f} | | | | |")
+        for fam in FAMILIES:
+            b = s["smallest_within_1pt"][fam]
+            ratio = s["ratios"].get(f"split/{fam}")
+            if b is None:
+                lines.append(f"| {fam} | not within 1 point at the measured settings | | | |")
+            else:
+                lines.append(f"| {fam} | {b['bytes_per_frame']:,.0f} ({b['bytes_p95']:,.0f}) | {b['setting']} | "
+                             f"{b[key]:.3f} | {'' if ratio is None else f'{ratio:.1f}×'} |")
+    lines += ["", "| method | setting | B/frame (p95) | AUROC [95% CI] | smoothed | head ms | tail ms |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        if r["method"] == "split" and r["coder"] != "zstd":
+            continue
+        lines.append(f"| {r['method']} | {r['setting']} | {r['bytes_per_frame']:,.0f} ({r['bytes_p95']:,.0f}) | "
+                     f"{au(r, 'auroc')} | {au(r, 'auroc_smoothed')} | {_ms(r['head_ms'])} | {_ms(r['tail_ms'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def table(rows: list[dict], title: str):
     from rich.table import Table
 
@@ -833,7 +867,12 @@ def main(argv: list[str] | None = None) -> None:
                              f"{DEFAULT_CACHE.relative_to(REPO)}); --cache '' disables it")
     parser.add_argument("--out", type=Path, help=f"folder for ped2.json and ped2.png (default "
                                                  f"{RESULTS.relative_to(REPO)}, none with --quick)")
+    parser.add_argument("--report", type=Path, metavar="JSON",
+                        help="print the README's markdown tables from a ped2.json and exit (runs nothing)")
     args = parser.parse_args(argv)
+    if args.report:
+        print(markdown(json.loads(args.report.read_text())), end="")
+        return
     out = args.out if args.out else (None if args.quick else RESULTS)
 
     def ints(s, default):
