@@ -205,6 +205,7 @@ def resnet20_classify():
 
 
 @needs_shared
+@pytest.mark.timeout(1200)  # 72 exports: ~50 s on 2 idle cores, over 300 s when they are shared
 @torch.no_grad()
 def test_resnet20_exports_at_every_cut_with_parity(resnet20_classify, tmp_path):
     from codec import dequantize
@@ -265,6 +266,7 @@ def mobilenet_anomaly():
 
 
 @needs_shared
+@pytest.mark.timeout(900)  # 21 exports: ~20 s on 2 idle cores
 @torch.no_grad()
 def test_mobilenet_v2_anomaly_exports_at_every_cut_to_block5_with_parity(mobilenet_anomaly, tmp_path):
     from codec import dequantize
