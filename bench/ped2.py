@@ -38,7 +38,6 @@ they depend on (weights, sizes, frames, sources, onnxruntime version).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -56,6 +55,7 @@ import numpy as np
 
 from bench.common import COLORS, RESULTS, Bootstrap, auroc, git_revision, machine_info, plot_style, progress
 from infocut.settings import require_shared
+from splitter.cache import Cache, digest_files, digest_frames  # the analysis caches the same way
 
 FPS = 10
 # Ladders sized to the 30-minute budget (each setting is a pass of the model over the test frames), denser
@@ -84,60 +84,6 @@ def detector_config():
     from splitter.export import SplitConfig
 
     return SplitConfig(model="mobilenet_v2", gap=2, topk=50, bank_size=1024)
-
-
-# -- cache ------------------------------------------------------------------------------------------
-
-
-class Cache:
-    """Arrays and JSON on disk under a key: the sha256 of everything they depend on."""
-
-    def __init__(self, root: Path | None):
-        self.root = root
-        if root is not None:
-            root.mkdir(parents=True, exist_ok=True)
-
-    @staticmethod
-    def key(**deps) -> str:
-        return hashlib.sha256(json.dumps(deps, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-    def _path(self, name: str, key: str, ext: str) -> Path:
-        return self.root / f"{name}-{key}.{ext}"
-
-    def load(self, name: str, key: str, ext: str):
-        if self.root is None or not self._path(name, key, ext).exists():
-            return None
-        path = self._path(name, key, ext)
-        return np.load(path, allow_pickle=False) if ext == "npy" else json.loads(path.read_text())
-
-    def save(self, name: str, key: str, ext: str, value, deps: dict) -> None:
-        if self.root is None:
-            return
-        path = self._path(name, key, ext)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        if ext == "npy":
-            with open(tmp, "wb") as f:
-                np.save(f, value, allow_pickle=False)
-        else:
-            tmp.write_text(json.dumps(value))
-        tmp.replace(path)
-        self._path(name, key, "deps.json").write_text(json.dumps(deps, indent=1, sort_keys=True, default=str))
-
-
-def digest_files(paths) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(str(p).encode())
-        h.update((REPO / p).read_bytes())
-    return h.hexdigest()[:24]
-
-
-def digest_frames(paths: list[Path]) -> str:
-    """The frame list by name and size (the frames are read-only data: no need to hash their bytes)."""
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(f"{p.parent.name}/{p.name}:{p.stat().st_size};".encode())
-    return h.hexdigest()[:24]
 
 
 # -- graphs -----------------------------------------------------------------------------------------
@@ -246,17 +192,9 @@ class ScoreStream:
 
 
 def knn_scores(sc, feats, prev, has) -> np.ndarray:
-    """MotionKnnScorer's frame score (same math as its forward, in one batched GEMM: ~2x faster on
-    CPU; equal up to float rounding, checked on every run: `scorer_check` in the JSON)."""
-    import torch
-
-    with torch.no_grad():
-        v = sc.describe(feats, prev, has)
-        n = v.shape[0]
-        v = v.flatten(2).transpose(1, 2)
-        m = torch.baddbmm(sc.bank_sq.expand(n, 1, -1), v, sc.bank_t.expand(n, -1, -1), alpha=-2.0).amin(-1)
-        dist = torch.sqrt(torch.clamp(m + (v * v).sum(-1), min=0.0))
-        return torch.topk(dist, sc.topk, dim=1).values.mean(1).numpy()
+    """MotionKnnScorer's frame score (MotionKnnScorer.frame_scores: its forward's math in one batched GEMM,
+    ~2x faster on CPU; equal up to float rounding, checked on every run: `scorer_check` in the JSON)."""
+    return sc.frame_scores(feats, prev, has).numpy()
 
 
 def causal_max(scores: np.ndarray, k: int) -> np.ndarray:
