@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -72,6 +73,7 @@ class Splitter:
         self.cuts = list_cuts(self.model, self.size, upto=upto, inner=True)  # every candidate, multi-tensor ones too
         self.stage_cuts = [c for c in self.cuts if c.stage]  # the boundaries between top-level stages
         self._scorer: MotionKnnScorer | None = None
+        self.bar = None  # a live rich Progress for the passes over videos to report to (else each has its own)
 
     # -- shared across cuts ---------------------------------------------------------------
     def training_videos(self, heldout: bool) -> dict[str, list[Path]]:
@@ -88,19 +90,38 @@ class Splitter:
         if self._scorer is None:
             fit = ScorerFit(gap=self.cfg.gap)
             net = self.features_until(self.feature_layer)
-            for _, feats in run_videos(net, self.training_videos(False), self.size, "fit scorer", quiet=self.quiet):
+            for _, feats in run_videos(
+                net, self.training_videos(False), self.size, "fit scorer", quiet=self.quiet, bar=self.bar
+            ):
                 fit.add_video(feats)
             self._scorer = fit.build(self.cfg.bank_size, self.cfg.topk).eval()
         return self._scorer
 
     # -- per cut ----------------------------------------------------------------------------
+    def calibration_videos(self) -> dict[str, list[Path]]:
+        """The frames the quantizer is fitted on: every calib_stride-th frame of the scorer's fit videos."""
+        return {k: v[:: self.cfg.calib_stride] for k, v in self.training_videos(False).items()}
+
+    def activations(self, cut: Cut) -> list[np.ndarray]:
+        """Float activations of each of the cut's tensors on the calibration frames, (N, C, H, W) each."""
+        net = nn.Sequential(self.preprocess, split(self.model, cut)[0]).eval()
+        runs = run_videos(
+            net, self.calibration_videos(), self.size, f"calibrate {cut.name}", quiet=self.quiet, bar=self.bar
+        )
+        return [np.concatenate(t) for t in zip(*(_tensors(a) for _, a in runs), strict=True)]
+
+    def calibrate_bits(self, cut: Cut, bits: Sequence[int]) -> dict[int, list[codec.QuantParams]]:
+        """{bits: calibrate(cut, bits)} for several bit depths from one pass of the head: the activations
+        do not depend on the bits, only the quantizer fitted on them does."""
+        acts = self.activations(cut)
+        return {
+            b: [codec.calibrate(a, b, per_channel=self.cfg.per_channel, percentile=self.cfg.percentile) for a in acts]
+            for b in bits
+        }
+
     def calibrate(self, cut: Cut, bits: int) -> list[codec.QuantParams]:
         """Quantizer parameters of each of the cut's tensors, fitted on its own activations."""
-        net = nn.Sequential(self.preprocess, split(self.model, cut)[0]).eval()
-        vids = {k: v[:: self.cfg.calib_stride] for k, v in self.training_videos(False).items()}
-        runs = run_videos(net, vids, self.size, f"calibrate {cut.name}", quiet=self.quiet)
-        acts = [np.concatenate(t) for t in zip(*(_tensors(a) for _, a in runs), strict=True)]
-        return [codec.calibrate(a, bits, per_channel=self.cfg.per_channel, percentile=self.cfg.percentile) for a in acts]
+        return self.calibrate_bits(cut, [bits])[bits]
 
     def graphs(self, cut: Cut, qs: list[codec.QuantParams]) -> tuple[nn.Module, nn.Module]:
         head, tail = split(self.model, cut, upto=self.upto)
@@ -115,23 +136,58 @@ class Splitter:
     def threshold(self, head_g: nn.Module, tail_g: AnomalyTailGraph) -> float:
         """The score quantile of held-out normal videos, through the quantized split path."""
         scores = []
-        for _, codes in run_videos(head_g, self.training_videos(True), self.size, "threshold", quiet=self.quiet):
+        runs = run_videos(head_g, self.training_videos(True), self.size, "threshold", quiet=self.quiet, bar=self.bar)
+        for _, codes in runs:
             scores.append(score_video(tail_g, [torch.from_numpy(c) for c in _tensors(codes)], self.cfg.gap))
         return float(np.quantile(np.concatenate(scores), self.cfg.threshold_quantile))
 
-    def export(self, out: str | Path, cut_name: str | None = None, bits: int | None = None) -> dict:
+    def write_graphs(
+        self, cut: Cut, qs: list[codec.QuantParams], out: Path, image: np.ndarray | None = None
+    ) -> tuple[nn.Module, nn.Module, dict[str, dict[str, np.ndarray]]]:
+        """Write head.onnx and tail.onnx of `cut` with quantizers `qs` into `out`. Returns the two torch
+        graphs and a batch-1 feed of each ({"head": {...}, "tail": {...}}, from `image`, an (H, W, 3)
+        uint8 frame, zeros by default), which is what timing them needs."""
+        head_g, tail_g = self.graphs(cut, qs)
+        h, w = self.size
+        frame = torch.zeros(1, h, w, 3, dtype=torch.uint8) if image is None else torch.from_numpy(image[None])
+        codes = _tensors(head_g(frame))
+        names = codes_names(len(codes))
+        _onnx(head_g, (frame,), out / "head.onnx", ["image"], names)
+        feeds = {"head": {"image": frame.numpy()}}
+        if self.cfg.task == "classify":
+            _onnx(tail_g, codes, out / "tail.onnx", names, ["logits"])
+            feeds["tail"] = {n: c.numpy() for n, c in zip(names, codes, strict=True)}
+        else:
+            with torch.no_grad():
+                feats = tail_g.features(*codes)
+            has = torch.zeros(1)
+            _onnx(
+                tail_g, (*codes, feats, has), out / "tail.onnx",
+                [*names, "prev_features", "has_prev"], ["score", "anomaly_map", "features"],
+            )
+            feeds["tail"] = {**{n: c.numpy() for n, c in zip(names, codes, strict=True)},
+                             "prev_features": feats.numpy(), "has_prev": np.ones(1, np.float32)}
+        return head_g, tail_g, feeds
+
+    def export(
+        self, out: str | Path, cut_name: str | None = None, bits: int | None = None,
+        coder: str | None = None, qparams: list[codec.QuantParams] | None = None,
+    ) -> dict:
+        """Write the artifact at a cut, bit depth and coder (the config's by default). `qparams`: the
+        quantizers already calibrated at this cut and bits (e.g. by the analysis), else calibrated here."""
         cfg = self.cfg
         cut = find_cut(self.cuts, cut_name or cfg.cut)
         bits = bits or cfg.bits
+        coder = coder or cfg.coder
+        codec.get_coder(coder)
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        qs = self.calibrate(cut, bits)
-        head_g, tail_g = self.graphs(cut, qs)
+        qs = qparams if qparams is not None else self.calibrate(cut, bits)
+        if len(qs) != len(cut.tensors) or any(q.bits != bits for q in qs):
+            raise ValueError(f"cut {cut.name} needs {len(cut.tensors)} quantizers at {bits} bits")
+        head_g, tail_g, feeds = self.write_graphs(cut, qs, out)
+        names = codes_names(len(cut.tensors))
         h, w = self.size
-        image = torch.zeros(1, h, w, 3, dtype=torch.uint8)
-        codes = _tensors(head_g(image))
-        names = codes_names(len(codes))
-        _onnx(head_g, (image,), out / "head.onnx", ["image"], names)
         manifest = {
             "model": self._model_entry(),
             "input": {
@@ -151,23 +207,16 @@ class Splitter:
                 "kind": "uniform-affine", "bits": bits, "percentile": cfg.percentile, "per_channel": cfg.per_channel,
                 "tensors": [q.to_json() for q in qs],
             },
-            "coder": {"name": cfg.coder},
+            "coder": {"name": coder},
             "files": {"head": {"path": "head.onnx"}, "tail": {"path": "tail.onnx"}},
-            "split_config": dict(asdict(cfg), cut=cut.name, bits=bits, feature_layer=self.feature_layer),
+            "split_config": dict(asdict(cfg), cut=cut.name, bits=bits, coder=coder, feature_layer=self.feature_layer),
             "created_by": {"infocut": infocut.__version__, "torch": torch.__version__.split("+")[0], "opset": OPSET},
         }
         if cfg.task == "classify":
-            _onnx(tail_g, codes, out / "tail.onnx", names, ["logits"])
             manifest["task"] = "classify"
             manifest["scorer"] = {"kind": "none", "threshold": None}
         else:
-            with torch.no_grad():
-                feats = tail_g.features(*codes)
-            has = torch.zeros(1)
-            _onnx(
-                tail_g, (*codes, feats, has), out / "tail.onnx",
-                [*names, "prev_features", "has_prev"], ["score", "anomaly_map", "features"],
-            )
+            feats = feeds["tail"]["prev_features"]
             manifest["task"] = "anomaly"
             manifest["scorer"] = {
                 "kind": "knn-motion",

@@ -111,9 +111,7 @@ def factorized_entropy(
     if not tensors:
         raise ValueError("factorized_entropy needs at least one tensor")
     frames = None
-    per_channel = []
-    total_bits = 0.0
-    total_elems = 0
+    counts, spatial = [], []
     for t in tensors:
         t = np.asarray(t)
         if t.ndim < 2:
@@ -129,11 +127,29 @@ def factorized_entropy(
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= 2**bits:
             raise ValueError(f"codes must lie in 0..{2**bits - 1} for bits={bits}, got range {lo}..{hi}")
-        h_c = _entropy_from_counts(_channel_counts(t, bits), miller_madow)
-        spatial = int(np.prod(t.shape[2:], dtype=np.int64))
+        counts.append(_channel_counts(t, bits))
+        spatial.append(int(np.prod(t.shape[2:], dtype=np.int64)))
+    return rate_from_counts(counts, spatial, int(frames), miller_madow)
+
+
+def channel_counts(codes: np.ndarray, bits: int) -> np.ndarray:
+    """(C, 2**bits) histogram of each channel's codes: add these over batches of frames and pass
+    the sums to `rate_from_counts` to get `factorized_entropy` of all of them without holding
+    every frame's codes at once."""
+    return _channel_counts(np.asarray(codes), check_bits(bits))
+
+
+def rate_from_counts(
+    counts: Sequence[np.ndarray], spatial: Sequence[int], frames: int, miller_madow: bool = True
+) -> FactorizedRate:
+    """`factorized_entropy` from per-tensor channel histograms (`channel_counts`, summed over
+    frames); `spatial[i]` is the number of positions per channel of tensor i (H*W)."""
+    per_channel, total_bits, total_elems = [], 0.0, 0
+    for c, s in zip(counts, spatial, strict=True):
+        h_c = _entropy_from_counts(c, miller_madow)
         per_channel.append(h_c)
-        total_bits += float(h_c.sum()) * spatial
-        total_elems += t.shape[1] * spatial
+        total_bits += float(h_c.sum()) * s
+        total_elems += c.shape[0] * s
     return FactorizedRate(
         per_channel=tuple(per_channel),
         bits_per_element=total_bits / total_elems,
