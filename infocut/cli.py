@@ -25,6 +25,44 @@ def _logging(verbose: bool) -> None:
     )
 
 
+DEFAULT_CACHE = Path(".cache") / "analyze"
+ANALYZE_BITS = "8,6,4,3,2"
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{what}: a comma-separated list of integers, got {text!r}") from None
+    if not values:
+        raise typer.BadParameter(f"{what}: give at least one value")
+    return values
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [v.strip() for v in text.split(",") if v.strip()] if text else None
+
+
+def _selection_args(bandwidth: str, rtt: str, device: str, max_drop: float):
+    """Parse the link and device options into (bits/s, ms, device profile, drop as a fraction)."""
+    from splitter.cost import load_device, parse_bandwidth, parse_duration
+
+    try:
+        return parse_bandwidth(bandwidth), parse_duration(rtt), load_device(device), max_drop / 100.0
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def _analysis(splitter, bits: str, cuts: str | None, eval_stride: int, cache: Path | None) -> dict:
+    from splitter.analyze import analyze
+
+    try:
+        return analyze(splitter, bits=_ints(bits, "bits"), cuts=_names(cuts), eval_stride=eval_stride,
+                       cache_dir=cache)
+    except ValueError as e:  # an unknown cut name, a bad bit depth
+        raise typer.BadParameter(str(e)) from None
+
+
 @app.command()
 def split(
     model: Annotated[str, typer.Argument(help="a known model (resnet20, resnet56) or package.module:function")],
@@ -42,8 +80,25 @@ def split(
     bank_size: Annotated[int, typer.Option(min=16, help="normal patches kept in the scorer's memory bank")] = 1024,
     out: Annotated[Path | None, typer.Option(help="artifact directory to write")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable --list")] = False,
+    auto: Annotated[bool, typer.Option("--auto", help="choose cut, bits and coder from the analysis (cached)")] = False,
+    bandwidth: Annotated[str, typer.Option(help="--auto: uplink rate, e.g. 5Mbit, 500kbit, 2MB/s")] = "5Mbit",
+    rtt: Annotated[str, typer.Option(help="--auto: round-trip time, e.g. 20ms")] = "20ms",
+    device: Annotated[str, typer.Option(help="--auto: edge device profile (splitter/devices.json) or JSON file")] = (
+        "rpi4"
+    ),
+    max_drop: Annotated[float, typer.Option(min=0, help="--auto: largest AUROC drop allowed, in points (1 = 0.01)")] = 1.0,
+    fps: Annotated[float, typer.Option(min=0, help="--auto: frames per second the pipeline must sustain (0: no floor)")] = 0.0,
+    objective: Annotated[str, typer.Option(help="--auto: bytes (fewest bytes per frame) or latency")] = "bytes",
+    candidate_bits: Annotated[str, typer.Option(help="--auto: bit depths to consider")] = ANALYZE_BITS,
+    cuts: Annotated[str | None, typer.Option(help="--auto: only these cuts (comma-separated; default all)")] = None,
+    eval_stride: Annotated[int, typer.Option(min=1, help="--auto: score every n-th Ped2 test frame")] = 4,
+    cache: Annotated[Path, typer.Option(help="--auto: analysis cache directory")] = DEFAULT_CACHE,
 ) -> None:
-    """List the cuts of MODEL, or cut it and write an artifact (head.onnx, tail.onnx, manifest.json)."""
+    """List the cuts of MODEL, or cut it and write an artifact (head.onnx, tail.onnx, manifest.json).
+
+    With --auto the cut, bit depth and coder are chosen for the link and device: the analysis
+    (`infocut analyze`, cached) measures every setting, the selection takes the feasible one with the
+    fewest bytes per frame (or the lowest latency) and says why."""
     from rich.console import Console
     from rich.table import Table
 
@@ -54,6 +109,12 @@ def split(
         model=model, weights=str(weights) if weights else None, bits=bits, coder=coder,
         per_channel=not per_tensor, task=task, input_size=size, gap=gap, topk=topk, bank_size=bank_size,
     )
+    if auto:
+        if objective not in ("bytes", "latency"):
+            raise typer.BadParameter(f"--objective must be bytes or latency, got {objective!r}")
+        if not out:
+            raise typer.BadParameter("--auto needs --out, the artifact directory to write")
+        link = _selection_args(bandwidth, rtt, device, max_drop)
     splitter = Splitter(cfg)
     if list_cuts:
         rows = [
@@ -75,10 +136,122 @@ def split(
             table.add_row(r["name"], "stage" if r["stage"] else "", shapes, f"{r['float_bytes']:,}", f"{r['bytes_8bit']:,}")
         Console().print(table)
         return
+    if auto:
+        _auto(splitter, out, link, fps, objective, candidate_bits, cuts, eval_stride, cache)
+        return
     if not cut or not out:
-        raise typer.BadParameter("give --cut and --out to export an artifact (or --list)")
+        raise typer.BadParameter("give --cut and --out to export an artifact (or --list, or --auto)")
     manifest = splitter.export(out, cut, bits)
     typer.echo(f"wrote artifact {manifest['artifact_id']} to {out}")
+
+
+def _auto(splitter, out: Path, link, fps: float, objective: str, bits: str, cuts: str | None, eval_stride: int,
+          cache: Path) -> None:
+    """Analyse (cached), select, say why, export the choice with the analysed quantizer parameters."""
+    import codec
+    from splitter.cuts import find_cut
+    from splitter.selection import select
+
+    bandwidth, rtt, device, max_drop = link
+    analysis = _analysis(splitter, bits, cuts, eval_stride, cache)
+    try:
+        sel = select(analysis, bandwidth, rtt, device, max_drop=max_drop, fps=fps, objective=objective)
+    except ValueError as e:
+        typer.echo(f"split --auto: {e}", err=True)
+        raise typer.Exit(2) from None
+    c = sel["choice"]
+    if sel["fallback"]:
+        typer.secho(sel["warning"], fg=typer.colors.RED, bold=True, err=True)
+    else:
+        typer.echo(f"chosen: {c['cut']} at {c['bits']} bits, coder {c['coder']}")
+        typer.echo(sel["reason"])
+    row = next(r for r in analysis["rows"] if r["cut"] == c["cut"] and r["bits"] == c["bits"])
+    qs = [codec.QuantParams.from_json(q) for q in row["qparams"]]  # the analysed quantizer, not a refit
+    cut = find_cut(splitter.cuts, c["cut"])
+    manifest = splitter.export(out, cut.name, c["bits"], coder=c["coder"], qparams=qs)
+    (Path(out) / "selection.json").write_text(json.dumps(
+        {k: v for k, v in sel.items() if k not in ("candidates",)}, indent=1, default=str) + "\n")
+    typer.echo(f"wrote artifact {manifest['artifact_id']} to {out} (selection.json beside it says why)")
+
+
+@app.command()
+def analyze(
+    model: Annotated[str, typer.Argument(help="a known model (resnet20, resnet56, mobilenet_v2) or package.module:function")],
+    data: Annotated[Path | None, typer.Option(help="the shared data/models folder (default: $INFOCUT_SHARED or ../shared)")] = None,
+    out: Annotated[Path | None, typer.Option(help="report directory (default: reports/MODEL)")] = None,
+    bits: Annotated[str, typer.Option(help="bit depths, comma-separated")] = ANALYZE_BITS,
+    eval_stride: Annotated[int, typer.Option(min=1, help="score every n-th Ped2 test frame")] = 4,
+    cuts: Annotated[str | None, typer.Option(help="only these cuts (comma-separated; default: every candidate)")] = None,
+    weights: Annotated[Path | None, typer.Option(help="weights file for the factory")] = None,
+    task: Annotated[str, typer.Option(help="anomaly (Ped2 AUROC) or classify (agreement with the unsplit model)")] = "anomaly",
+    height: Annotated[int | None, typer.Option(help="input height (default: the model's)")] = None,
+    width: Annotated[int | None, typer.Option(help="input width (default: the model's)")] = None,
+    gap: Annotated[int, typer.Option(min=1, help="the scorer sees the feature change over this many frames")] = 1,
+    topk: Annotated[int, typer.Option(min=1, help="a frame's score is the mean of its topk most anomalous locations")] = 20,
+    bank_size: Annotated[int, typer.Option(min=16, help="normal patches kept in the scorer's memory bank")] = 1024,
+    device: Annotated[str, typer.Option(help="edge device for the latency figures and selections")] = "rpi4",
+    rtt: Annotated[str, typer.Option(help="round-trip time for the selections")] = "20ms",
+    max_drop: Annotated[float, typer.Option(min=0, help="largest AUROC drop allowed, in points (1 = 0.01)")] = 1.0,
+    fps: Annotated[float, typer.Option(min=0, help="frames per second the pipeline must sustain (0: no floor)")] = 0.0,
+    objective: Annotated[str, typer.Option(help="bytes or latency")] = "bytes",
+    cache: Annotated[Path, typer.Option(help="analysis cache directory")] = DEFAULT_CACHE,
+) -> None:
+    """Measure every cut and bit depth of MODEL on Ped2 and write report.md, analysis.json and plots:
+    rate (entropy bound and coded bytes), information kept (I(T;Y) bound), fidelity (AUROC drop), head
+    cost and latency, and the selection at 1, 5 and 50 Mbit/s."""
+    import os
+
+    if data is not None:
+        os.environ["INFOCUT_SHARED"] = str(data.resolve())
+    from splitter import report
+    from splitter.export import SplitConfig, Splitter
+
+    _, rtt_ms, dev, drop = _selection_args("1Mbit", rtt, device, max_drop)
+    size = (height, width) if height and width else None
+    cfg = SplitConfig(model=model, weights=str(weights) if weights else None, task=task, input_size=size, gap=gap,
+                      topk=topk, bank_size=bank_size)
+    splitter = Splitter(cfg)
+    analysis = _analysis(splitter, bits, cuts, eval_stride, cache)
+    out = out or Path("reports") / model.replace(":", "_").replace(".", "_")
+    doc = report.write(analysis, out, device=dev, rtt_ms=rtt_ms,
+                       max_drop=drop, fps=fps, objective=objective)
+    for s in doc["selections"]:
+        c = s["choice"]
+        flag = "" if s["feasible"] else "  (NO FEASIBLE SETTING: fallback)"
+        typer.echo(f"{s['bandwidth_bps'] / 1e6:g} Mbit/s: {c['cut']} at {c['bits']} bits, {c['coder']}: "
+                   f"{c['bytes']:,.0f} B/frame, drop {c['drop']:+.3f}, {c['latency_ms']:.0f} ms{flag}")
+    found = analysis["cuts_found"]
+    typer.echo(f"{found['total']} candidate cuts ({found['stage']} stage, {found['inner']} inner, {found['multi']} "
+               f"multi-tensor); {analysis['run']['wall_s']:.0f} s; wrote {out}/report.md, analysis.json, "
+               f"{', '.join(report.PLOTS)}")
+
+
+@app.command("report")
+def report_cmd(
+    analysis: Annotated[Path, typer.Argument(help="an analysis.json written by `infocut analyze`")],
+    out: Annotated[Path | None, typer.Option(help="report directory (default: the JSON's folder)")] = None,
+    device: Annotated[str, typer.Option(help="edge device for the latency figures and selections")] = "rpi4",
+    rtt: Annotated[str, typer.Option(help="round-trip time for the selections")] = "20ms",
+    max_drop: Annotated[float, typer.Option(min=0, help="largest AUROC drop allowed, in points (1 = 0.01)")] = 1.0,
+    fps: Annotated[float, typer.Option(min=0, help="frames per second the pipeline must sustain (0: no floor)")] = 0.0,
+    objective: Annotated[str, typer.Option(help="bytes or latency")] = "bytes",
+) -> None:
+    """Rewrite report.md, analysis.json and the plots from a saved analysis (other link, device or limits;
+    nothing is measured again)."""
+    from splitter import report
+
+    try:
+        doc = json.loads(analysis.read_text())
+    except (OSError, ValueError) as e:
+        raise typer.BadParameter(f"{analysis}: {e}") from None
+    if not isinstance(doc, dict) or "rows" not in doc or "cuts" not in doc:
+        raise typer.BadParameter(f"{analysis}: not an infocut analysis (no rows or cuts)")
+    _, rtt_ms, dev, drop = _selection_args("1Mbit", rtt, device, max_drop)
+    for k in ("selections", "dpi", "selection_settings"):  # derived: written again from the measurements
+        doc.pop(k, None)
+    out = out or analysis.parent
+    report.write(doc, out, device=dev, rtt_ms=rtt_ms, max_drop=drop, fps=fps, objective=objective)
+    typer.echo(f"wrote {out}/report.md, analysis.json, {', '.join(report.PLOTS)}")
 
 
 @app.command()
