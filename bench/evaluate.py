@@ -24,25 +24,33 @@ from sklearn.metrics import roc_auc_score
 
 from infocut import ped2
 from infocut.artifact import load_artifact
-from infocut.pipeline import Pipeline
+from infocut.pipeline import Pipeline, Run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def run_artifact(art, quiet: bool = False) -> dict[str, Run]:
+    """Every Ped2 test video through the artifact's pipeline, each its own camera: {video: Run}."""
+    pipe = Pipeline(art)
+    runs = {}
+    for vid, paths in ped2.videos("testing").items():
+        runs[vid] = pipe.run((ped2.read_rgb(p, art.input_size) for p in paths), camera_id=vid)
+        if not quiet:
+            print(f"video {vid}: {len(paths)} frames", file=sys.stderr, flush=True)
+    return runs
+
+
 def evaluate(artifact_dir: Path) -> dict:
     art = load_artifact(artifact_dir)
-    pipe = Pipeline(art)
     labels = ped2.labels()
     rows, ys, scores, nbytes, head_s, tail_s = [], [], [], [], [], []
-    for vid, paths in ped2.videos("testing").items():
-        run = pipe.run((ped2.read_rgb(p, art.input_size) for p in paths), camera_id=vid)
+    for vid, run in run_artifact(art).items():
         s, y = np.array(run.scores), labels[vid]
         over = s >= art.threshold
         rows.append({"video": vid, "frames": len(s), "normal_over": int(over[~y].sum()), "normal": int((~y).sum()),
                      "anomalous_over": int(over[y].sum()), "anomalous": int(y.sum())})
         ys.append(y), scores.append(s), nbytes.extend(run.frame_bytes)
         head_s.extend(run.head_s), tail_s.extend(run.tail_s)
-        print(f"video {vid}: {len(s)} frames", file=sys.stderr, flush=True)
     y, s = np.concatenate(ys), np.concatenate(scores)
     return {
         "artifact": str(artifact_dir), "artifact_id": art.id, "split_config": art.manifest.get("split_config"),
