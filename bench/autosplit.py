@@ -128,8 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     sels = [(dev, fps, link, select(analysis, link, args.rtt, dev, max_drop=max_drop, fps=fps))
             for dev, fps in scenarios for link in links]
 
-    cfg = dict(analysis["config"], input_size=tuple(analysis["input_size"]))
+    cfg = dict(analysis["config"])  # as the analysis ran (its cache keys hold this very configuration)
     cfg["heldout"] = tuple(cfg["heldout"])
+    if cfg["input_size"] is not None:
+        cfg["input_size"] = tuple(cfg["input_size"])
     sp = Splitter(SplitConfig(**cfg))
     if args.cache:  # the scorer fitted by the analysis, from its cache (the same fit; refitting takes minutes)
         from splitter.analyze import _Analysis

@@ -106,7 +106,7 @@ def markdown(doc: dict) -> str:
         f"Analysed here: {len(a['cuts'])} cuts x {len(a['bits'])} bit depths ({', '.join(map(str, a['bits']))}) "
         f"x {len(a['coders'])} coders ({', '.join(a['coders'])}).", "",
         f"Evaluation: {ev['frames']} scored Ped2 test frames ({ev['anomalous']} anomalous), one frame in {ev['stride']} "
-        f"frame of {len(ev['videos'])} test videos, {ev['computed_frames']} frames computed (motion gap {ev['gap']}). "
+        f"of each of the {len(ev['videos'])} test videos, {ev['computed_frames']} frames computed (motion gap {ev['gap']}). "
         f"A raw RGB frame at the camera's native size is {a['raw_frame_bytes']:,} bytes.", "",
     ]
     if anomaly:
