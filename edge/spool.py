@@ -12,7 +12,7 @@ Layout of a spool directory:
   ack only means a frame is sent again, and the cloud answers a resent frame with its stored result.
 
 fsync policy: the active segment is fsynced at most every `fsync_interval` seconds while appending
-(and whenever `sync_due()` is polled), on every segment roll and on close. A SIGKILL loses nothing
+(and by `next()` when it finds nothing to read), on every segment roll and on close. A SIGKILL loses nothing
 written (the kernel holds the pages); a power cut loses at most the last interval of frames.
 
 On open every segment is scanned (record headers only; the last segment in full, CRC checked): a torn
@@ -106,6 +106,7 @@ class Spool:
         self.cv = threading.Condition()
         self.segments: list[_Segment] = []
         self.inflight: OrderedDict[int, _Segment] = OrderedDict()  # read (sent), not yet resolved
+        self.skipped: set[int] = set()  # dropped on read (TTL, CRC) above the watermark: not counted twice
         self.pending = 0  # unresolved records on disk (in flight included)
         self.last_seq = -1
         self.last_index = -1
@@ -202,6 +203,8 @@ class Spool:
         """Append one frame; False if it was not kept (reject-new when full, or too large: counted)."""
         rec = _record(seq, capture_time_us, index, data)
         with self.cv:
+            if self._closed:
+                return False
             if seq <= self.last_seq:
                 raise SpoolError(f"seq {seq} appended after {self.last_seq}: the spool is in seq order")
             if len(rec) > self.cap:
@@ -246,12 +249,6 @@ class Spool:
             os.fsync(self.segments[-1].fd)
         self._unsynced = False
         self._synced_at = time.monotonic()
-
-    def sync_due(self) -> None:
-        """fsync if the last append is older than the fsync interval (called by idle loops)."""
-        with self.cv:
-            if self._unsynced and time.monotonic() - self._synced_at >= self.fsync_interval:
-                self._sync()
 
     # -- dropping ---------------------------------------------------------------------------------
     def _evict_oldest(self, reason: str) -> bool:
@@ -330,21 +327,31 @@ class Spool:
                     return None
                 self._cursor = (pos + 1, 0)
                 continue
-            head = os.pread(seg.fd, HEADER.size, off)
-            _, length, crc = HEADER.unpack(head)
+            magic, length, crc = HEADER.unpack(os.pread(seg.fd, HEADER.size, off))
+            if magic != MAGIC or not FIXED.size <= length <= seg.size - off - HEADER.size:
+                lost = seg.count - seg.read  # the rest of this segment cannot be framed any more
+                log.warning("event=spool_corrupt_header file=%s offset=%d action=drop frames=%d", seg.path, off, lost)
+                self._cursor = (pos, seg.size)
+                seg.read = seg.count
+                self._resolve_unsent("corrupt", lost)
+                continue
             payload = os.pread(seg.fd, length, off + HEADER.size)
             self._cursor = (pos, off + HEADER.size + length)
             seg.read += 1
             seq, capture_us, index = FIXED.unpack_from(payload)
+            if seq in self.skipped:
+                continue
             if zlib.crc32(struct.pack("<I", length) + payload) != crc:
                 log.warning("event=spool_corrupt_record file=%s offset=%d seq=%d action=drop", seg.path, off, seq)
-                self._resolve_unsent("corrupt")
+                self._resolve_unsent("corrupt", seq=seq)
                 continue
             return Record(seq, capture_us, index, payload[FIXED.size:]), seg
 
-    def _resolve_unsent(self, reason: str) -> None:
-        self.dropped[reason] += 1
-        self.pending -= 1
+    def _resolve_unsent(self, reason: str, n: int = 1, seq: int | None = None) -> None:
+        self.dropped[reason] += n
+        self.pending -= n
+        if seq is not None:
+            self.skipped.add(seq)
         self._advance_watermark()
 
     def next(self, timeout: float = 0.2, limit: int | None = None) -> Record | None:
@@ -357,7 +364,7 @@ class Spool:
                     got = self._read_next()
                     while got is not None and self.ttl_us and \
                             got[0].capture_time_us < time.time() * 1e6 - self.ttl_us:
-                        self._resolve_unsent("ttl")
+                        self._resolve_unsent("ttl", seq=got[0].seq)
                         got = self._read_next()
                     if got is not None:
                         rec, seg = got
@@ -367,14 +374,14 @@ class Spool:
                 if left <= 0:
                     break
                 self.cv.wait(left)
-            if self._unsynced and time.monotonic() - self._synced_at >= self.fsync_interval:
+            if not self._closed and self._unsynced and time.monotonic() - self._synced_at >= self.fsync_interval:
                 self._sync()
             return None
 
     def ack(self, seq: int) -> bool:
         """The cloud resolved frame `seq` (stored it or rejected it); False if it was not in flight."""
         with self.cv:
-            if self.inflight.pop(seq, None) is None:
+            if self._closed or self.inflight.pop(seq, None) is None:
                 return False
             self.pending -= 1
             self._advance_watermark()
@@ -386,6 +393,8 @@ class Spool:
 
         In-flight frames whose segment was dropped meanwhile are counted as dropped now."""
         with self.cv:
+            if self._closed:
+                return 0
             again = 0
             for seg in self.inflight.values():
                 if seg.evicted:
@@ -411,6 +420,7 @@ class Spool:
         mark = min(min(self.inflight, default=nxt), nxt) - 1
         if mark > self.watermark:
             self.watermark = mark
+            self.skipped = {s for s in self.skipped if s > mark}
             self._write_watermark()
 
     # -- state ------------------------------------------------------------------------------------

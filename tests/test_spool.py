@@ -116,6 +116,17 @@ def test_ttl_drops_old_frames_on_read_and_whole_segments_on_append(tmp_path):
         assert sp.depth[0] == 0
 
 
+def test_a_frame_dropped_on_read_is_not_counted_again_after_a_rewind(tmp_path):
+    with Spool(tmp_path, ttl_s=60) as sp:
+        sp.append(1, now_us(), 1, bytes([1]) * 10)
+        sp.append(2, now_us() - 120_000_000, 2, bytes([2]) * 10)  # captured 2 minutes ago
+        sp.append(3, now_us(), 3, bytes([3]) * 10)
+        assert [sp.next(timeout=0).seq, sp.next(timeout=0).seq] == [1, 3]
+        assert sp.rewind() == 2, "the link dropped before any ack"
+        assert drain(sp) == [1, 3]
+        assert sp.dropped == {"ttl": 1} and sp.depth[0] == 0 and sp.watermark == 3
+
+
 def test_torn_tail_is_cut_with_a_log_line_and_earlier_frames_survive(tmp_path, caplog):
     with Spool(tmp_path) as sp:
         fill(sp, range(5))
