@@ -197,7 +197,10 @@ class Camera:
 def run(cfg: EdgeConfig) -> list[CameraStats]:
     """Run every camera of `cfg` until its file is done (live sources: until interrupted)."""
     cameras = [Camera(c, cfg.backoff_s) for c in cfg.cameras]
-    metrics.serve(cfg.metrics_port, cfg.metrics_host)
+    try:
+        metrics.serve(cfg.metrics_port, cfg.metrics_host)
+    except OSError as e:
+        raise EdgeError(f"cannot serve metrics on {cfg.metrics_host}:{cfg.metrics_port}: {e.strerror}") from None
     errors: list[BaseException] = []
 
     def one(cam: Camera) -> None:
