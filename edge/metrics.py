@@ -61,7 +61,7 @@ class CameraStats:
         with self.lock:
             out = Counter(self.stage_dropped)
         if self.spool is not None:
-            out.update(self.spool.dropped)
+            out.update(self.spool.drop_counts())
         return out
 
     @property

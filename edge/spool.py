@@ -430,16 +430,10 @@ class Spool:
         with self.cv:
             return self.pending, self._disk_bytes()
 
-    def wait_empty(self, timeout: float) -> bool:
-        """Block until every frame is resolved (or timeout); True if the spool is empty."""
-        deadline = time.monotonic() + timeout
+    def drop_counts(self) -> Counter[str]:
+        """A copy of `dropped` (reason -> frames), safe to read from another thread."""
         with self.cv:
-            while self.pending > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cv.wait(left)
-            return True
+            return Counter(self.dropped)
 
     def close(self) -> None:
         with self.cv:
