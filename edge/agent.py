@@ -206,7 +206,7 @@ def run(cfg: EdgeConfig) -> list[CameraStats]:
     def one(cam: Camera) -> None:
         try:
             cam.run()
-        except EdgeError as e:
+        except Exception as e:  # noqa: BLE001  (one camera's failure must not go unnoticed nor stop the others)
             errors.append(e)
             log.error("event=camera_failed camera=%s error=%r", cam.cfg.id, str(e))
 
