@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, Field
+
+TEST_DELAY_ENV = "INFOCUT_CLOUD_TEST_DELAY_S"
 
 
 class AlertConfig(BaseModel):
@@ -26,3 +29,5 @@ class CloudConfig(BaseModel):
     http_port: int = Field(8000, ge=1, le=65535)
     db_url: str = "sqlite:///infocut.db"
     alert: AlertConfig = Field(default_factory=AlertConfig)
+    # Test-only: hold every frame this long before scoring it, to play a slow cloud in the fault tests.
+    test_delay_s: float = Field(default_factory=lambda: float(os.environ.get(TEST_DELAY_ENV) or 0), ge=0, le=60)

@@ -48,7 +48,9 @@ async def start_grpc(cfg: CloudConfig, service: IngestService) -> tuple[grpc.aio
 async def serve(cfg: CloudConfig) -> None:
     artifact = load_artifact(cfg.artifact)
     store = Store(cfg.db_url, cfg.alert)
-    service = IngestService(artifact, store)
+    service = IngestService(artifact, store, delay_s=cfg.test_delay_s)
+    if cfg.test_delay_s:
+        log.warning("test-only delay: every frame is held %.3f s before it is scored", cfg.test_delay_s)
     grpc_server, port = await start_grpc(cfg, service)
     log.info(
         "cloud serving artifact %s (%s cut at %s) on gRPC :%d, REST :%d, db %s",

@@ -37,8 +37,9 @@ def result(frame: pb.Frame, code: int = OK, message: str = "", **kw) -> pb.Frame
 
 
 class IngestService(pb_grpc.IngestServicer):
-    def __init__(self, artifact: Artifact, store: Store, tail: Tail | None = None):
+    def __init__(self, artifact: Artifact, store: Store, tail: Tail | None = None, delay_s: float = 0.0):
         self.artifact = artifact
+        self.delay_s = delay_s  # test-only slow cloud (CloudConfig.test_delay_s)
         self.store = store
         self.tail = tail or Tail(artifact)
         self.history = CameraHistory(self.tail.gap)
@@ -91,6 +92,8 @@ class IngestService(pb_grpc.IngestServicer):
             metrics.FRAME_ERRORS.labels(reason="artifact_mismatch").inc()
             return result(frame, FAILED_PRECONDITION, self.mismatch(frame.artifact_id))
         async with self._camera_locks[frame.camera_id]:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
             try:
                 return await asyncio.to_thread(self._process, frame)
             except CodecError as e:

@@ -23,8 +23,12 @@ COPY assets ./assets
 
 RUN pip install ".[edge]" \
     && rm -rf build ./*.egg-info \
-    && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin infocut
+    && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin infocut \
+    && install -d -o infocut -g infocut /var/lib/infocut-edge
 
+# The durable spool (frames not yet acked by the cloud) lives here; mount a volume to keep it across containers.
+ENV INFOCUT_EDGE__SPOOL__DIR=/var/lib/infocut-edge/spool
+VOLUME /var/lib/infocut-edge
 USER infocut
 ENTRYPOINT ["infocut"]
 CMD ["edge", "--help"]

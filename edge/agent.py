@@ -1,238 +1,228 @@
-"""The edge agent: capture -> head -> code -> gRPC stream, with at-least-once delivery.
+"""The edge agent: per camera, capture -> head -> encode -> spool -> link, each stage its own thread.
 
-Capture, head and coding run in one thread and feed a bounded queue; the main thread keeps one
-bidirectional stream to the cloud. Every frame stays in `unacked` until the cloud's result for
-it arrives (the cloud acks only what it has stored), and on reconnect the unacked frames are
-sent again, in order, before new ones: the cloud deduplicates on (camera id, seq). At most
-`max_inflight` frames are unacked at a time, which bounds memory and pushes back on capture.
+Stages hand frames over through bounded queues (edge/stages.py): with the `realtime` policy a stage
+that falls behind loses the oldest queued frames (counted per stage), with `lossless` it holds the
+stage before it back. Every encoded frame is appended to the camera's durable spool before it is
+sent (edge/spool.py), so an outage, a slow cloud or a crash of the edge loses nothing that reached
+it; a file source is also held back by a full spool in lossless mode, a live one obeys the spool's
+`when_full`. The link (edge/link.py) streams the spool in seq order and trims it as results come.
+
+Sequence numbers are given at capture, so frames dropped in realtime mode leave gaps (the cloud's
+scorer relies on seq to find the frame `gap` frames earlier). After a restart numbering continues
+after max(the cloud's last stored seq, the spool's last seq), and a file source interrupted in
+lossless mode resumes after the last frame that reached the spool: each frame is scored once.
+Several cameras run in one process, sharing nothing but it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import queue
-import random
-import sys
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 
-import grpc
-
-import infocut
 from codec import encode_frame
+from edge import metrics
+from edge.config import CameraConfig, EdgeConfig
 from edge.head import Head
+from edge.link import EdgeError, Link
+from edge.metrics import CameraStats
 from edge.preprocess import to_input
-from edge.source import open_source
+from edge.source import Source, SourceError, open_source
+from edge.spool import Spool, SpoolError
+from edge.stages import END, StageQueue
 from infocut.artifact import load_artifact
-from protos import infocut_pb2 as pb
-from protos import infocut_pb2_grpc as pb_grpc
 
 log = logging.getLogger("infocut.edge")
 
-ARTIFACT_HEADER = "x-infocut-artifact-id"
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
-_END = object()
+PROGRESS_S = 5.0  # how often each camera logs its counters
+STATE_FILE = "source.json"  # in the camera's spool folder: which source the last run read, and whether it finished
+
+__all__ = ["Camera", "EdgeError", "run"]
 
 
-class EdgeError(RuntimeError):
-    """A fault retrying cannot fix (wrong artifact, unreadable source)."""
+class Camera:
+    """One camera's pipeline; `run()` returns its counters once a file source is done (or on stop)."""
 
-
-@dataclass
-class EdgeConfig:
-    artifact: Path
-    source: str
-    cloud: str
-    camera_id: str
-    max_inflight: int = 64
-    queue_size: int = 16
-    threads: int = 0
-    max_frames: int | None = None
-    realtime: bool = False  # pace a file source at its own frame rate, as a camera would deliver it
-    backoff: tuple[float, float] = (0.25, 10.0)
-    progress: bool = True
-
-
-@dataclass
-class EdgeStats:
-    captured: int = 0
-    acked: int = 0
-    rejected: int = 0
-    duplicates: int = 0
-    anomalous: int = 0
-    bytes_sent: int = 0
-    reconnects: int = 0
-    started: float = field(default_factory=time.monotonic)
-    first_seq: int = 0
-
-    def line(self, camera_id: str) -> str:
-        dt = max(time.monotonic() - self.started, 1e-9)
-        per = self.bytes_sent / self.captured if self.captured else 0
-        return (
-            f"{camera_id}: {self.captured} captured, {self.acked} acked, {self.rejected} rejected, "
-            f"{self.anomalous} anomalous | {self.captured / dt:5.1f} fps | {per:,.0f} B/frame | "
-            f"{self.reconnects} reconnects"
-        )
-
-
-class Agent:
-    def __init__(self, cfg: EdgeConfig):
+    def __init__(self, cfg: CameraConfig, backoff: tuple[float, float]) -> None:
         self.cfg = cfg
-        self.artifact = load_artifact(cfg.artifact)
+        try:
+            self.artifact = load_artifact(cfg.artifact)
+            sp = cfg.spool
+            self.spool = Spool(sp.dir / cfg.id, cap_bytes=sp.cap_bytes, ttl_s=sp.ttl_s, when_full=sp.when_full,
+                               fsync_interval=sp.fsync_interval_s)
+        except (OSError, ValueError, SpoolError) as e:
+            raise EdgeError(f"camera {cfg.id}: {e}") from None
         self.head = Head(self.artifact, cfg.threads)
-        self.stats = EdgeStats()
-        self.frames: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
-        self.unacked: OrderedDict[int, pb.Frame] = OrderedDict()
-        self.cv = threading.Condition()
-        self.capture_done = False
-        self.capture_error: BaseException | None = None
         self.stop = threading.Event()
-        self.capturer: threading.Thread | None = None
+        self.stats = CameraStats(cfg.id, self.spool)
+        metrics.register(self.stats)
+        realtime = cfg.policy == "realtime"
+        self.to_head = StageQueue(cfg.queue_size, realtime, lambda _: self.stats.drop("behind_head"), self.stop)
+        self.to_encode = StageQueue(cfg.queue_size, realtime, lambda _: self.stats.drop("behind_encode"), self.stop)
+        self.encoded_all = threading.Event()
+        self.error: BaseException | None = None
+        self.link = Link(cfg.id, cfg.cloud, self.artifact, self.spool, self.stats, self.stop, cfg.max_inflight,
+                         backoff)
 
-    # -- capture thread ---------------------------------------------------------------------
-    def capture(self, first_seq: int) -> None:
+    # -- stages ---------------------------------------------------------------------------------
+    def _stage(self, body: Callable[[], None], downstream: StageQueue | None) -> threading.Thread:
+        """A stage thread: an exception ends the camera with that error; the next stage is closed either way."""
+
+        def target() -> None:
+            try:
+                body()
+            except Exception as e:  # noqa: BLE001  (reported by run(), the stream of other cameras goes on)
+                self.error = self.error or e
+                log.error("event=stage_failed camera=%s error=%r", self.cfg.id, e)
+            finally:
+                if downstream is not None:
+                    downstream.close()
+                else:
+                    self.encoded_all.set()
+
+        return threading.Thread(target=target, name=f"{self.cfg.id}-{body.__name__}", daemon=True)
+
+    def _capture(self, source: Source, seq: int, skip_through: int) -> None:
+        fps = self.cfg.fps or (source.fps if self.cfg.pace and not source.live else 0.0) or 0.0
+        period = 1.0 / fps if fps else 0.0
+        next_at = time.monotonic()
+        for cap in source:
+            if self.stop.is_set() or (self.cfg.max_frames is not None and cap.index >= self.cfg.max_frames):
+                break
+            if cap.index <= skip_through:
+                continue
+            if period:
+                self.stop.wait(max(0.0, next_at - time.monotonic()))
+                next_at += period
+            self.stats.add("captured")
+            if not self.to_head.put((seq, cap)):
+                self.stats.drop("shutdown")
+                break
+            seq += 1
+
+    def _infer(self) -> None:
+        timer = metrics.HEAD_SECONDS.labels(self.cfg.id)
+        while (item := self.to_head.get()) is not END:
+            seq, cap = item
+            t0 = time.perf_counter()
+            codes = self.head(to_input(cap.image, self.artifact.input_size)[None])
+            timer.observe(time.perf_counter() - t0)
+            self.stats.add("processed")
+            if not self.to_encode.put((seq, cap.time, cap.index, codes)):
+                self.stats.drop("shutdown")
+                break
+
+    def _encode(self) -> None:
+        sizes = metrics.FRAME_BYTES.labels(self.cfg.id)
+        hold_back = self.cfg.policy == "lossless" and not self.cfg.live  # a file waits for room in the spool
+        while (item := self.to_encode.get()) is not END:
+            seq, t, index, codes = item
+            data = encode_frame(codes, self.artifact.bits, self.artifact.coder)
+            sizes.observe(len(data))
+            self.stats.add("encoded_bytes", len(data))
+            if not self.spool.append(seq, int(t * 1e6), index, data, block=hold_back) and self.stop.is_set():
+                self.stats.drop("shutdown")  # a refused frame is counted by the spool, an interrupted one here
+
+    # -- resuming a file ------------------------------------------------------------------------
+    def _resume_point(self) -> int:
+        """The last source index already spooled by an unfinished run of this very file (-1: start over)."""
+        path = self.spool.dir / STATE_FILE
+        skip = -1
+        if not self.cfg.live and path.exists():
+            try:
+                prev = json.loads(path.read_text())
+            except (OSError, ValueError):
+                prev = {}
+            if prev.get("source") == self.cfg.source and not prev.get("done", True):
+                skip = self.spool.last_index
+        self._write_state(done=False)
+        return skip
+
+    def _write_state(self, done: bool) -> None:
+        tmp = self.spool.dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps({"source": self.cfg.source, "done": done}))
+        tmp.replace(self.spool.dir / STATE_FILE)
+
+    # -- running --------------------------------------------------------------------------------
+    def run(self) -> CameraStats:
         try:
             source = open_source(self.cfg.source)
-            period = 1.0 / source.fps if self.cfg.realtime and source.fps else 0.0
-            next_at = time.monotonic()
-            with source:
-                for i, cap in enumerate(source):
-                    if self.stop.is_set() or (self.cfg.max_frames is not None and i >= self.cfg.max_frames):
-                        break
-                    if period:
-                        time.sleep(max(0.0, next_at - time.monotonic()))
-                        next_at += period
-                    codes = self.head(to_input(cap.image, self.artifact.input_size)[None])
-                    data = encode_frame(codes, self.artifact.bits, self.artifact.coder)
-                    frame = pb.Frame(
-                        camera_id=self.cfg.camera_id,
-                        seq=first_seq + i,
-                        capture_time_us=int(cap.time * 1e6),
-                        artifact_id=self.artifact.id,
-                        tensor=data,
-                    )
-                    self.frames.put(frame)
-        except Exception as e:  # noqa: BLE001  (an unreadable or dying source ends the run with its error)
-            self.capture_error = e
-        finally:
-            self.frames.put(_END)
-
-    # -- link ---------------------------------------------------------------------------------
-    def _requests(self, dead: threading.Event):
-        """Unacked frames first, then new ones; ends once capture is done and all is acked."""
-        with self.cv:
-            backlog = list(self.unacked.values())
-        yield from backlog
-        while not dead.is_set():
-            with self.cv:
-                while len(self.unacked) >= self.cfg.max_inflight and not dead.is_set():
-                    self.cv.wait(0.2)
-                if self.capture_done:
-                    if not self.unacked:
-                        return
-                    self.cv.wait(0.2)
-                    continue
-            try:
-                frame = self.frames.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if frame is _END:
-                with self.cv:
-                    self.capture_done = True
-                    self.cv.notify_all()
-                continue
-            with self.cv:
-                self.unacked[frame.seq] = frame
-            self.stats.captured += 1
-            self.stats.bytes_sent += len(frame.tensor)
-            yield frame
-
-    def _on_result(self, r: pb.FrameResult) -> None:
-        with self.cv:
-            self.unacked.pop(r.seq, None)
-            self.cv.notify_all()
-        if r.status.code != 0:
-            self.stats.rejected += 1
-            log.warning("frame %d rejected by the cloud: %s", r.seq, r.status.message)
-            return
-        self.stats.acked += 1
-        self.stats.duplicates += r.duplicate
-        self.stats.anomalous += r.is_anomaly
-
-    def handshake(self, stub) -> pb.HandshakeReply:
+        except SourceError as e:
+            self.spool.close()
+            raise EdgeError(f"camera {self.cfg.id}: {e}") from None
+        threads: list[threading.Thread] = []
+        finished = False
         try:
-            return stub.Handshake(
-                pb.HandshakeRequest(
-                    camera_id=self.cfg.camera_id, artifact_id=self.artifact.id, client_version=infocut.__version__
-                ),
-                timeout=10,
-                wait_for_ready=False,
-            )
-        except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                raise EdgeError(e.details()) from None
-            raise
-
-    def _connection(self) -> bool:
-        """One connection's life; True once everything is captured and acked."""
-        dead = threading.Event()
-        with grpc.insecure_channel(self.cfg.cloud, options=CHANNEL_OPTIONS) as channel:
-            stub = pb_grpc.IngestStub(channel)
-            reply = self.handshake(stub)
-            if self.capturer is None:  # number frames after what the cloud already holds for this camera
-                self.stats.first_seq = reply.last_seq + 1
-                self.capturer = threading.Thread(target=self.capture, args=(self.stats.first_seq,), daemon=True)
-                self.capturer.start()
-            call = stub.Stream(self._requests(dead), metadata=[(ARTIFACT_HEADER, self.artifact.id)])
-            try:
-                for r in call:
-                    self._on_result(r)
-            finally:
-                dead.set()
-                call.cancel()
-        with self.cv:
-            return self.capture_done and not self.unacked
-
-    def run(self) -> EdgeStats:
-        delay = self.cfg.backoff[0]
-        reporter = threading.Thread(target=self._report, daemon=True)
-        reporter.start()
-        try:
-            while True:
-                try:
-                    if self._connection():
-                        break
-                    reason = "stream closed by the cloud"
-                except grpc.RpcError as e:
-                    reason = f"{e.code().name}: {e.details()}"
-                self.stats.reconnects += 1
-                wait = delay * (0.5 + random.random())  # jitter: cameras must not reconnect in lockstep
-                log.warning("link to %s lost (%s); retrying in %.1fs", self.cfg.cloud, reason, wait)
-                time.sleep(wait)
-                delay = min(delay * 2, self.cfg.backoff[1])
+            skip = self._resume_point()
+            cloud_last = self.link.last_seq()
+            if cloud_last is None:
+                return self.stats
+            first_seq = max(cloud_last, self.spool.last_seq) + 1
+            log.info("event=start camera=%s source=%r policy=%s cloud=%s first_seq=%d resume_after_index=%d "
+                     "spooled=%d", self.cfg.id, self.cfg.source, self.cfg.policy, self.cfg.cloud, first_seq, skip,
+                     self.spool.depth[0])
+            threads = [
+                self._stage(lambda: self._capture(source, first_seq, skip), self.to_head),
+                self._stage(self._infer, self.to_encode),
+                self._stage(self._encode, None),
+                threading.Thread(target=self._report, daemon=True),
+            ]
+            for t in threads:
+                t.start()
+            self.link.run(finished=self.encoded_all.is_set)
+            finished = self.encoded_all.is_set() and self.spool.depth[0] == 0 and not self.stop.is_set()
         finally:
             self.stop.set()
-            reporter.join(timeout=2)
-            if self.cfg.progress:
-                print(self.stats.line(self.cfg.camera_id), file=sys.stderr, flush=True)
-        if self.capture_error is not None:
-            raise EdgeError(f"source {self.cfg.source}: {self.capture_error}")
+            source.close()
+            self.spool.close()  # wakes an append waiting for room
+            for t in threads:
+                t.join(timeout=10)
+            for q in (self.to_head, self.to_encode):
+                for _ in range(len(q)):
+                    self.stats.drop("shutdown")
+            if finished and self.error is None:
+                self._write_state(done=True)
+            log.info(self.stats.line("summary"))
+        if self.error is not None:
+            raise EdgeError(f"camera {self.cfg.id}: {self.error}")
         return self.stats
 
     def _report(self) -> None:
-        tty = sys.stderr.isatty()
-        while not self.stop.wait(1.0 if tty else 5.0):
-            if self.cfg.progress:
-                print(self.stats.line(self.cfg.camera_id), end="\r" if tty else "\n", file=sys.stderr, flush=True)
+        while not self.stop.wait(PROGRESS_S):
+            log.info(self.stats.line("progress"))
 
 
-def run(cfg: EdgeConfig) -> EdgeStats:
-    return Agent(cfg).run()
+def run(cfg: EdgeConfig) -> list[CameraStats]:
+    """Run every camera of `cfg` until its file is done (live sources: until interrupted)."""
+    cameras = [Camera(c, cfg.backoff_s) for c in cfg.cameras]
+    try:
+        metrics.serve(cfg.metrics_port, cfg.metrics_host)
+    except OSError as e:
+        raise EdgeError(f"cannot serve metrics on {cfg.metrics_host}:{cfg.metrics_port}: {e.strerror}") from None
+    errors: list[BaseException] = []
+
+    def one(cam: Camera) -> None:
+        try:
+            cam.run()
+        except Exception as e:  # noqa: BLE001  (one camera's failure must not go unnoticed nor stop the others)
+            errors.append(e)
+            log.error("event=camera_failed camera=%s error=%r", cam.cfg.id, str(e))
+
+    threads = [threading.Thread(target=one, args=(c,), name=c.cfg.id, daemon=True) for c in cameras]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=0.5)
+    except KeyboardInterrupt:
+        for cam in cameras:
+            cam.stop.set()
+        for t in threads:
+            t.join(timeout=20)
+        raise
+    if errors:
+        raise EdgeError("; ".join(map(str, errors)))
+    return [c.stats for c in cameras]

@@ -214,6 +214,13 @@ class CaptureSource(Source):
             self._cap = None
 
 
+def is_live(spec: str) -> bool:
+    """A webcam index or a network stream (which never ends), as opposed to a file or a folder."""
+    if urlparse(spec).scheme.lower() in URL_SCHEMES:
+        return True
+    return spec.isdigit() and not Path(spec).exists()
+
+
 def open_source(spec: str) -> Source:
     """Open a directory of images, a video file, a webcam index ("0") or a URL (rtsp/http(s)/file)."""
     scheme = urlparse(spec).scheme.lower()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -17,12 +18,12 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Split inference for video anomaly detection.")
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _logging(verbose: bool, kv: bool = False) -> None:
+    """Log lines to stderr; `kv`: key=value lines (the edge's messages are key=value themselves)."""
+    fmt = "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s" if kv else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, stream=sys.stderr,
+                        datefmt="%Y-%m-%dT%H:%M:%S" if kv else None)
 
 
 DEFAULT_CACHE = Path(".cache") / "analyze"
@@ -256,30 +257,61 @@ def report_cmd(
 
 @app.command()
 def edge(
-    artifact: Annotated[Path, typer.Option(help="artifact directory")],
-    source: Annotated[str, typer.Option(help="video file, image folder, webcam index or rtsp:// URL")],
+    artifact: Annotated[Path | None, typer.Option(help="artifact directory")] = None,
+    source: Annotated[str | None, typer.Option(help="video file, image folder, webcam index or rtsp:// URL")] = None,
     cloud: Annotated[str, typer.Option(help="cloud gRPC address HOST:PORT")] = "localhost:50051",
     camera_id: Annotated[str, typer.Option(help="this camera's id")] = "cam-01",
-    max_frames: Annotated[int | None, typer.Option(help="stop after this many frames")] = None,
-    realtime: Annotated[bool, typer.Option(help="pace a file source at its frame rate")] = False,
+    config: Annotated[Path | None, typer.Option(help="YAML file with one or more cameras (instead of the "
+                                                     "single-camera options above)")] = None,
+    policy: Annotated[str | None, typer.Option(help="realtime (drop the oldest frames when behind) or lossless "
+                                                     "(never drop); default: realtime for live sources, lossless "
+                                                     "for files")] = None,
+    spool: Annotated[Path, typer.Option(help="durable spool folder (one subfolder per camera)")] = Path("infocut-spool"),
+    spool_cap: Annotated[int, typer.Option(help="spool size cap in bytes")] = 1 << 30,
+    spool_ttl: Annotated[float, typer.Option(help="drop spooled frames older than this many seconds (0: never)")] = 0.0,
+    spool_when_full: Annotated[str, typer.Option(help="drop-oldest or reject-new")] = "drop-oldest",
+    metrics_port: Annotated[int, typer.Option(help="serve Prometheus /metrics on this port (0: off)")] = 0,
+    max_frames: Annotated[int | None, typer.Option(help="stop after this many frames of a file")] = None,
+    pace: Annotated[bool, typer.Option(help="pace a file source at its own frame rate, as a camera would")] = False,
+    fps: Annotated[float, typer.Option(help="pace a file source at this rate (0: as fast as it goes)")] = 0.0,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads (0 = all cores)")] = 0,
     verbose: bool = False,
 ) -> None:
-    """Run the head on a camera stream and send the coded cut tensor to the cloud."""
-    from edge.agent import EdgeConfig, EdgeError, run
+    """Run the head on camera streams and send the coded cut tensors to the cloud.
 
-    _logging(verbose)
+    One camera from the options, or several from --config; INFOCUT_EDGE__* environment variables
+    override either (see edge/config.py)."""
+    from edge.agent import EdgeError, run
+    from edge.config import ConfigError, load, load_file
+
+    _logging(verbose, kv=True)
     try:
-        stats = run(EdgeConfig(
-            artifact=artifact, source=source, cloud=cloud, camera_id=camera_id, max_frames=max_frames,
-            realtime=realtime, threads=threads,
-        ))
-    except EdgeError as e:
+        if config is not None:
+            if artifact or source:
+                raise ConfigError("give either --config or --artifact/--source, not both")
+            cfg = load_file(config)
+        else:
+            if not artifact or not source:
+                raise ConfigError("give --artifact and --source (or --config FILE)")
+            camera = {"id": camera_id, "source": source, "max_frames": max_frames, "pace": pace, "fps": fps,
+                      "threads": threads, **({"policy": policy} if policy else {})}
+            spool_cfg = {"dir": str(spool), "cap_bytes": spool_cap, "ttl_s": spool_ttl, "when_full": spool_when_full}
+            cfg = load({"artifact": str(artifact), "cloud": cloud, "metrics_port": metrics_port, "spool": spool_cfg,
+                        "cameras": [camera]}, "command line")
+        if config is not None and metrics_port:
+            cfg.metrics_port = metrics_port
+        signal.signal(signal.SIGTERM, _interrupt)  # systemd stop: finish cleanly, the spool keeps the rest
+        stats = run(cfg)
+    except (ConfigError, EdgeError) as e:
         typer.echo(f"edge: {e}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    raise typer.Exit(0 if stats.rejected == 0 else 1)
+    raise typer.Exit(0 if all(s.rejected == 0 for s in stats) else 1)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 @app.command()

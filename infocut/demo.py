@@ -81,8 +81,8 @@ def run(http_port: int = 8000, grpc_port: int = 50051, db: str | None = None, ke
         print(f"cloud ready: REST {base} (docs {base}/docs), gRPC 127.0.0.1:{grpc_port}", flush=True)
         edge = subprocess.Popen(
             [*exe, "edge", "--artifact", str(DEMO_ARTIFACT), "--source", str(DEMO_CLIP),
-             "--cloud", f"127.0.0.1:{grpc_port}", "--camera-id", "ped2-test01",
-             *(["--realtime"] if realtime else [])],
+             "--cloud", f"127.0.0.1:{grpc_port}", "--camera-id", "ped2-test01", "--spool", str(workdir / "spool"),
+             *(["--pace"] if realtime else [])],
             env=env,
         )
         seen: dict[int, str] = {}

@@ -98,18 +98,25 @@ def frame_msg(artifact, seq: int, tensor: bytes, camera: str = "grpc-client") ->
                     artifact_id=artifact.id, tensor=tensor)
 
 
+def summary(out: str) -> dict[str, str]:
+    """The counters of the edge's last `event=summary` log line."""
+    line = [ln for ln in out.splitlines() if "event=summary" in ln][-1]
+    return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+
+
 @needs_shared
-def test_edge_to_cloud_scores_every_frame_once_and_matches_offline(cloud, ped2_video01, demo_artifact):
+def test_edge_to_cloud_scores_every_frame_once_and_matches_offline(cloud, ped2_video01, demo_artifact, tmp_path):
     camera = "ped2-01"
     edge = infocut(
         "edge", "--artifact", str(DEMO_ARTIFACT), "--source", str(ped2_video01), "--cloud", cloud["grpc"],
-        "--camera-id", camera, "--max-frames", str(N_FRAMES),
+        "--camera-id", camera, "--max-frames", str(N_FRAMES), "--spool", str(tmp_path / "spool"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     out, _ = edge.communicate(timeout=240)
     assert edge.returncode == 0, out
-    final = out.strip().splitlines()[-1]
-    assert f"{N_FRAMES} captured, {N_FRAMES} acked, 0 rejected" in final, final
+    counts = summary(out)
+    assert (counts["captured"], counts["acked"], counts["rejected"], counts["dropped"]) == (
+        str(N_FRAMES), str(N_FRAMES), "0", "0"), counts
 
     scores = all_scores(cloud["http"], camera)
     assert [s["seq"] for s in scores] == list(range(N_FRAMES)), "every frame stored exactly once, no gap"
@@ -204,7 +211,7 @@ def test_edge_with_another_artifact_exits_with_a_clear_message(cloud, tmp_path, 
     write_manifest(other, manifest)
     edge = infocut(
         "edge", "--artifact", str(other), "--source", str(REPO / "assets" / "ped2_test01.mp4"),
-        "--cloud", cloud["grpc"], "--camera-id", "other",
+        "--cloud", cloud["grpc"], "--camera-id", "other", "--spool", str(tmp_path / "spool"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     out, _ = edge.communicate(timeout=60)

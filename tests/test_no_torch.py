@@ -10,7 +10,8 @@ import pytest
 from infocut.settings import REPO
 
 MODULES = [
-    "edge.agent", "edge.source", "edge.head", "edge.preprocess",
+    "edge.agent", "edge.source", "edge.head", "edge.preprocess", "edge.spool", "edge.config", "edge.link",
+    "edge.metrics", "edge.stages",
     "cloud.server", "cloud.service", "cloud.tail", "cloud.store", "cloud.api",
     "codec", "protos.infocut_pb2_grpc", "infocut.cli", "infocut.demo", "infocut.pipeline",
 ]

@@ -1,0 +1,143 @@
+"""The edge's configuration: one agent process, one or more cameras, each with its own pipeline.
+
+Read from a YAML file (`infocut edge --config edge.yaml`) or built from the single-camera flags, then
+overridden by environment variables, then validated (pydantic), so a typo fails at start with the
+path of the bad field. Settings given at the top level (artifact, cloud, spool, ...) are defaults
+that a camera may override.
+
+Environment overrides: `INFOCUT_EDGE__<KEY>__<KEY>...=value`, keys separated by double
+underscores, case-insensitive, list items by index; the value is read as YAML (`10` is a number,
+`[a, b]` a list). `INFOCUT_EDGE__CAMERAS__0__SOURCE=rtsp://cam/1` sets the first camera's source,
+`INFOCUT_EDGE__SPOOL__CAP_BYTES=500000000` the default spool cap.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge.source import is_live
+
+ENV_PREFIX = "INFOCUT_EDGE__"
+Policy = Literal["realtime", "lossless"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run, with every problem spelled out."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SpoolConfig(_Strict):
+    """The durable on-disk spool (see edge/spool.py); each camera gets `dir/<camera id>/`."""
+
+    dir: Path = Path("infocut-spool")
+    cap_bytes: int = Field(1 << 30, ge=4096, description="bytes of segment files on disk, at most")
+    ttl_s: float = Field(0.0, ge=0, description="drop frames older than this (0: keep until sent or full)")
+    when_full: Literal["drop-oldest", "reject-new"] = "drop-oldest"
+    fsync_interval_s: float = Field(1.0, ge=0, description="fsync at most this often (0: every frame)")
+
+
+class CameraConfig(_Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                    description="camera id: letters, digits, '.', '_', '-' (it names the spool folder)")
+    source: str = Field(min_length=1)
+    artifact: Path | None = None
+    cloud: str | None = None
+    policy: Policy | None = Field(None, description="default: realtime for live sources, lossless for files")
+    fps: float = Field(0.0, ge=0, description="pace a file source at this rate (0: as fast as it goes)")
+    pace: bool = Field(False, description="pace a file source at its own frame rate")
+    max_frames: int | None = Field(None, ge=1)
+    queue_size: int = Field(8, ge=1, description="frames between two stages")
+    max_inflight: int = Field(32, ge=1, description="frames sent and not yet acked")
+    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: all cores)")
+    spool: SpoolConfig | None = None
+
+    @property
+    def live(self) -> bool:
+        return is_live(self.source)
+
+
+class EdgeConfig(_Strict):
+    artifact: Path | None = None
+    cloud: str = "localhost:50051"
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+    metrics_host: str = "0.0.0.0"
+    backoff_s: tuple[float, float] = Field((0.25, 10.0), description="first and longest reconnect wait")
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    cameras: list[CameraConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> EdgeConfig:
+        """Fill each camera's unset fields from the top level; camera ids must be unique."""
+        ids = [c.id for c in self.cameras]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"camera ids must be unique: {ids}")
+        if not 0 < self.backoff_s[0] <= self.backoff_s[1]:
+            raise ValueError(f"backoff_s must be (first, longest) with 0 < first <= longest, not {self.backoff_s}")
+        for cam in self.cameras:
+            cam.artifact = cam.artifact or self.artifact
+            if cam.artifact is None:
+                raise ValueError(f"camera {cam.id}: no artifact (set `artifact` at the top level or for the camera)")
+            cam.cloud = cam.cloud or self.cloud
+            cam.spool = cam.spool or self.spool
+            cam.policy = cam.policy or ("realtime" if cam.live else "lossless")
+        return self
+
+
+def apply_env(doc: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Apply `INFOCUT_EDGE__...` overrides to a raw config document (in place; returned)."""
+    environ = os.environ if environ is None else environ
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__")]
+        if not all(keys):
+            raise ConfigError(f"{name}: empty key (keys are separated by exactly two underscores)")
+        node: Any = doc
+        for depth, key in enumerate(keys):
+            last = depth == len(keys) - 1
+            value = yaml.safe_load(environ[name]) if last else {}
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) > len(node):
+                    raise ConfigError(f"{name}: {key!r} is not an index of a list of {len(node)}")
+                if int(key) == len(node):
+                    node.append(value)
+                elif last:
+                    node[int(key)] = value
+                node = node[int(key)]
+            elif isinstance(node, dict):
+                if last:
+                    node[key] = value
+                else:
+                    node = node.setdefault(key, [] if keys[depth + 1].isdigit() else {})
+            else:
+                raise ConfigError(f"{name}: {'.'.join(keys[:depth])} is a value, not a section")
+    return doc
+
+
+def load(doc: dict[str, Any], origin: str, environ: dict[str, str] | None = None) -> EdgeConfig:
+    """Validate a config document after environment overrides; ConfigError lists every problem."""
+    try:
+        return EdgeConfig.model_validate(apply_env(doc, environ))
+    except ValidationError as e:
+        lines = [f"  {'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"invalid edge configuration ({origin}):\n" + "\n".join(lines)) from None
+
+
+def load_file(path: Path, environ: dict[str, str] | None = None) -> EdgeConfig:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping with a `cameras` list at the top")
+    return load(doc, str(path), environ)

@@ -1,0 +1,112 @@
+"""The edge's YAML configuration: defaults per camera, environment overrides, clear errors; and the
+stage queues' two policies."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from edge.config import ConfigError, load, load_file
+from edge.stages import END, StageQueue
+from infocut.settings import REPO
+
+YAML = """
+artifact: artifacts/demo
+cloud: cloud.example.org:50051
+spool: {dir: /var/lib/infocut-edge/spool, cap_bytes: 500000000, when_full: reject-new}
+cameras:
+  - id: gate
+    source: rtsp://10.0.0.5/stream1
+  - id: archive
+    source: /data/clip.mp4
+    cloud: other:50051
+    spool: {dir: /tmp/archive, ttl_s: 3600}
+  - id: usb
+    source: "0"
+    policy: lossless
+"""
+
+
+def test_cameras_inherit_the_top_level_and_policy_follows_the_source(tmp_path):
+    path = tmp_path / "edge.yaml"
+    path.write_text(YAML)
+    cfg = load_file(path, environ={})
+    gate, archive, usb = cfg.cameras
+    assert (gate.policy, archive.policy, usb.policy) == ("realtime", "lossless", "lossless")
+    assert gate.cloud == "cloud.example.org:50051" and archive.cloud == "other:50051"
+    assert gate.spool.cap_bytes == 500_000_000 and gate.spool.when_full == "reject-new"
+    assert archive.spool.ttl_s == 3600 and archive.spool.when_full == "drop-oldest", "a camera's spool replaces the default"
+    assert str(usb.artifact) == "artifacts/demo"
+
+
+def test_environment_overrides_reach_nested_fields_and_list_items(tmp_path):
+    path = tmp_path / "edge.yaml"
+    path.write_text(YAML)
+    env = {
+        "INFOCUT_EDGE__CAMERAS__0__SOURCE": "rtsp://10.0.0.6/stream2",
+        "INFOCUT_EDGE__CAMERAS__2__MAX_FRAMES": "100",
+        "INFOCUT_EDGE__SPOOL__CAP_BYTES": "4096",
+        "infocut_edge__metrics_port": "9100",
+        "INFOCUT_EDGE__CAMERAS__3__ID": "new",
+        "INFOCUT_EDGE__CAMERAS__3__SOURCE": "rtsp://10.0.0.7/s",
+        "OTHER": "ignored",
+    }
+    cfg = load_file(path, environ=env)
+    assert cfg.cameras[0].source == "rtsp://10.0.0.6/stream2"
+    assert cfg.cameras[2].max_frames == 100
+    assert cfg.spool.cap_bytes == 4096 and cfg.metrics_port == 9100
+    assert [c.id for c in cfg.cameras] == ["gate", "archive", "usb", "new"]
+
+
+@pytest.mark.parametrize(
+    ("doc", "env", "message"),
+    [
+        ({"cameras": [{"id": "a", "source": "0"}]}, {}, "camera a: no artifact"),
+        ({"artifact": "x", "cameras": [{"id": "a b", "source": "0"}]}, {}, "cameras.0.id"),
+        ({"artifact": "x", "cameras": [{"id": "a", "source": "0", "policy": "fast"}]}, {}, "cameras.0.policy"),
+        ({"artifact": "x", "cameras": [{"id": "a", "source": "0", "sauce": 1}]}, {}, "cameras.0.sauce"),
+        ({"artifact": "x", "cameras": [{"id": "a", "source": "0"}] * 2}, {}, "unique"),
+        ({"artifact": "x", "cameras": []}, {}, "cameras"),
+        ({"artifact": "x", "cameras": [{"id": "a", "source": "0"}]}, {"INFOCUT_EDGE__SPOOL__WHEN_FULL": "panic"},
+         "spool.when_full"),
+        ({"artifact": "x", "cameras": [{"id": "a", "source": "0"}]}, {"INFOCUT_EDGE__CAMERAS__5__ID": "b"},
+         "not an index"),
+        ({"artifact": "x", "cloud": "c:1", "cameras": [{"id": "a", "source": "0"}]},
+         {"INFOCUT_EDGE__CLOUD__HOST": "b"}, "cloud is a value"),
+    ],
+)
+def test_bad_configurations_are_refused_with_the_field_named(doc, env, message):
+    with pytest.raises(ConfigError, match=message):
+        load(doc, "test", environ=env)
+
+
+def test_cli_reports_a_bad_config_file_and_exits_2(tmp_path):
+    path = tmp_path / "edge.yaml"
+    path.write_text("cameras: [{id: a, source: '0', policy: fast}]\nartifact: x\n")
+    proc = subprocess.run([sys.executable, "-m", "infocut", "edge", "--config", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "cameras.0.policy" in proc.stderr and str(path) in proc.stderr
+
+
+def test_realtime_queue_drops_the_oldest_and_lossless_queue_blocks():
+    stop = threading.Event()
+    dropped = []
+    q = StageQueue(2, drop_oldest=True, on_drop=dropped.append, stop=stop)
+    for i in range(5):
+        assert q.put(i)
+    assert dropped == [0, 1, 2] and [q.get(), q.get()] == [3, 4]
+    q.close()
+    assert q.get() is END
+
+    q = StageQueue(1, drop_oldest=False, on_drop=dropped.append, stop=stop)
+    q.put("a")
+    t0 = time.monotonic()
+    threading.Timer(0.3, q.get).start()
+    assert q.put("b") and time.monotonic() - t0 >= 0.25, "put waited for the consumer"
+    threading.Timer(0.3, stop.set).start()
+    assert not q.put("c"), "a stopped pipeline stops waiting"
