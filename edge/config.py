@@ -57,6 +57,8 @@ class CameraConfig(_Strict):
     queue_size: int = Field(8, ge=1, description="frames between two stages")
     max_inflight: int = Field(32, ge=1, description="frames sent and not yet acked")
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: all cores)")
+    key_interval: int | None = Field(None, ge=1, description="coders with delta frames: most frames between key "
+                                     "frames (default: the artifact's; 1: every frame a key frame)")
     spool: SpoolConfig | None = None
 
     @property

@@ -33,6 +33,7 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 HANDSHAKE_TIMEOUT_S = 10
+FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION.value[0]
 
 
 class EdgeError(RuntimeError):
@@ -41,7 +42,8 @@ class EdgeError(RuntimeError):
 
 class Link:
     def __init__(self, camera_id: str, cloud: str, artifact: Artifact, spool: Spool, stats: CameraStats,
-                 stop: threading.Event, max_inflight: int, backoff: tuple[float, float]) -> None:
+                 stop: threading.Event, max_inflight: int, backoff: tuple[float, float],
+                 request_key: Callable[[], None] = lambda: None) -> None:
         self.camera_id = camera_id
         self.cloud = cloud
         self.artifact = artifact
@@ -50,6 +52,7 @@ class Link:
         self.stop = stop
         self.max_inflight = max_inflight
         self.backoff = backoff
+        self.request_key = request_key  # the encoder's: next frame a key frame (reconnect, missing reference)
 
     def _retrying(self, attempt: Callable[[], bool | int]):
         """Run `attempt` until it returns a non-False value, backing off after each link failure."""
@@ -101,6 +104,7 @@ class Link:
         dead = threading.Event()
         with self._channel() as channel:
             self._handshake(channel)
+            self.request_key()
             resent = self.spool.rewind()
             if resent:
                 log.info("event=replay camera=%s frames=%d", self.camera_id, resent)
@@ -131,6 +135,8 @@ class Link:
         if not self.spool.ack(r.seq):
             return
         if r.status.code != 0:
+            if r.status.code == FAILED_PRECONDITION:  # the cloud lacks the reference of a delta frame
+                self.request_key()
             self.stats.add("rejected")
             log.warning("event=frame_rejected camera=%s seq=%d reason=%r", self.camera_id, r.seq, r.status.message)
             return
