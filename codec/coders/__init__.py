@@ -24,6 +24,11 @@ def names() -> list[str]:
     return [_BY_ID[i].NAME for i in sorted(_BY_ID)]
 
 
+def standalone() -> list[str]:
+    """The coders that code a frame alone, without fitted tables (what an analysis can try on any cut)."""
+    return [n for n in names() if not needs_model(n)]
+
+
 def needs_model(name_or_id: str | int) -> bool:
     """Whether the coder codes against the artifact's entropy model (fitted tables) rather than alone."""
     return bool(getattr(get_coder(name_or_id), "NEEDS_MODEL", False))
