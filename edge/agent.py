@@ -276,9 +276,10 @@ def run(cfg: EdgeConfig) -> list[CameraStats]:
     for t in threads:
         t.start()
     try:
+        # Not join(): a KeyboardInterrupt inside join() marks the thread stopped on CPython < 3.13
+        # (bpo-45274), and the joins below would then return at once, before the summary and the spool.
         while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(timeout=0.5)
+            time.sleep(0.2)
     except KeyboardInterrupt:
         for cam in cameras:
             cam.stop.set()
