@@ -832,7 +832,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from rich.console import Console
 
-    from codec.coders import names as coder_names
+    from codec.coders import standalone as coder_names
     from infocut import ped2
     from infocut.artifact import sha256_file
     from splitter.loader import resolve

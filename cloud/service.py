@@ -20,7 +20,8 @@ from cloud import metrics
 from cloud.auth import Auth
 from cloud.store import Store
 from cloud.tail import CameraHistory, Tail
-from codec import CodecError, decode_frame
+from codec import CodecError, MissingReference, decode_frame
+from codec.stream import References, pack_codes, unpack_codes
 from infocut.artifact import Artifact
 from protos import infocut_pb2 as pb
 from protos import infocut_pb2_grpc as pb_grpc
@@ -47,6 +48,9 @@ class IngestService(pb_grpc.IngestServicer):
         self.tail = tail or Tail(artifact)
         self.history = CameraHistory(self.tail.gap)
         self.threshold = artifact.threshold
+        self.models = artifact.entropy_models
+        self.temporal = bool(self.models) and all(m.inter is not None for m in self.models)
+        self.references = References(self._stored_reference)
         self._camera_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def mismatch(self, theirs: str) -> str:
@@ -122,6 +126,10 @@ class IngestService(pb_grpc.IngestServicer):
                 await asyncio.sleep(self.delay_s)
             try:
                 return await asyncio.to_thread(self._process, frame)
+            except MissingReference as e:  # the edge answers by sending a key frame
+                metrics.FRAME_ERRORS.labels(reason="missing_reference").inc()
+                log.warning("camera %s seq %d rejected: %s", frame.camera_id, frame.seq, e)
+                return result(frame, FAILED_PRECONDITION, f"missing reference: {e}")
             except CodecError as e:
                 metrics.FRAME_ERRORS.labels(reason="corrupt").inc()
                 log.warning("camera %s seq %d rejected: %s", frame.camera_id, frame.seq, e)
@@ -139,15 +147,19 @@ class IngestService(pb_grpc.IngestServicer):
         if stored is not None:
             metrics.DUPLICATES.labels(camera_id=frame.camera_id).inc()
             return result(frame, score=stored[0], is_anomaly=stored[1], duplicate=True)
-        decoded = decode_frame(frame.tensor)
+        decoded = decode_frame(frame.tensor, self.models, self.references.lookup(frame.camera_id, frame.seq))
         self._check(decoded)
         t0 = time.perf_counter()
         scored = self.tail(decoded.tensors, self.history.previous(frame.camera_id, frame.seq))
         metrics.TAIL_SECONDS.observe(time.perf_counter() - t0)
         is_anomaly = scored.score >= self.threshold
         capture = datetime.fromtimestamp(frame.capture_time_us / 1e6, UTC)
-        rec = self.store.record(frame.camera_id, frame.seq, capture, scored.score, is_anomaly, len(frame.tensor))
+        packed = pack_codes(decoded.tensors) if self.temporal else None
+        rec = self.store.record(frame.camera_id, frame.seq, capture, scored.score, is_anomaly, len(frame.tensor),
+                                reference=packed)
         self.history.update(frame.camera_id, frame.seq, scored.features)
+        if self.temporal:
+            self.references.update(frame.camera_id, frame.seq, decoded.tensors)
         if rec.duplicate:  # raced with another stream of the same camera: the first one counts
             metrics.DUPLICATES.labels(camera_id=frame.camera_id).inc()
         else:
@@ -163,6 +175,17 @@ class IngestService(pb_grpc.IngestServicer):
             log.info("alert %d closed: camera %s seq %d..%d peak %.3f", a.id, a.camera_id, a.start_seq, a.end_seq,
                      a.peak_score)
         return result(frame, score=rec.score, is_anomaly=rec.is_anomaly, duplicate=rec.duplicate)
+
+    def _stored_reference(self, camera_id: str):
+        """A restarted cloud's reference of a camera: the codes stored with its last frame."""
+        held = self.store.reference(camera_id)
+        if held is None:
+            return None
+        try:
+            return held[0], unpack_codes(held[1], [(1, *s) for s in self.artifact.cut_shapes])
+        except CodecError:
+            log.warning("camera %s: stored reference unreadable; waiting for a key frame", camera_id)
+            return None
 
     def _check(self, decoded) -> None:
         """The frame must be what this artifact's head produces: one frame, the cut's shapes and bits."""

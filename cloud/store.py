@@ -20,6 +20,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     String,
     UniqueConstraint,
     case,
@@ -91,6 +92,17 @@ class Score(Base):
     score: Mapped[float] = mapped_column(Float)
     is_anomaly: Mapped[bool] = mapped_column(Boolean)
     nbytes: Mapped[int] = mapped_column(Integer)
+
+
+class Reference(Base):
+    """Each camera's last decoded codes: the reference its next delta frame is coded against. Written in
+    the frame's own transaction, so it is durable exactly when the frame's ack is."""
+
+    __tablename__ = "camera_references"
+
+    camera_id: Mapped[str] = mapped_column(String(CAMERA_ID_MAX), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    codes: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Alert(Base):
@@ -189,9 +201,11 @@ class Store:
             return False
 
     def record(
-        self, camera_id: str, seq: int, capture_time: datetime, score: float, is_anomaly: bool, nbytes: int
+        self, camera_id: str, seq: int, capture_time: datetime, score: float, is_anomaly: bool, nbytes: int,
+        reference: bytes | None = None,
     ) -> Recorded:
-        """Store one scored frame and update camera stats and alerts, in one transaction.
+        """Store one scored frame and update camera stats and alerts, in one transaction; `reference`: the
+        frame's packed codes, kept as the camera's reference when no later frame is stored.
 
         A frame already stored under (camera_id, seq) changes nothing and returns what was stored. A late
         frame (an older seq than one already stored) is stored and counted but leaves the alerts alone.
@@ -240,6 +254,12 @@ class Store:
             late = session.scalar(
                 select(Score.id).where(Score.camera_id == camera_id, Score.seq > seq).limit(1)
             )
+            if reference is not None and late is None:
+                session.execute(
+                    self._insert(Reference)
+                    .values(camera_id=camera_id, seq=seq, codes=reference)
+                    .on_conflict_do_update(index_elements=[Reference.camera_id], set_={"seq": seq, "codes": reference})
+                )
             opened = closed = None
             if late is None:
                 opened, closed = self._advance_alert(session, camera_id, seq, capture_time, score, is_anomaly)
@@ -308,6 +328,14 @@ class Store:
                 select(Score.score, Score.is_anomaly).where(Score.camera_id == camera_id, Score.seq == int(seq))
             ).one_or_none()
             return None if row is None else (row.score, row.is_anomaly)
+
+    def reference(self, camera_id: str) -> tuple[int, bytes] | None:
+        """The camera's stored reference (seq, packed codes), None when none."""
+        with self._read() as session:
+            row = session.execute(
+                select(Reference.seq, Reference.codes).where(Reference.camera_id == camera_id)
+            ).one_or_none()
+            return None if row is None else (int(row.seq), bytes(row.codes))
 
     def last_seq(self, camera_id: str) -> int:
         """The highest sequence number stored for the camera, -1 when none (a restarted edge resumes after it)."""

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from codec import encode_frame
+from codec.stream import StreamEncoder
 from edge import metrics
 from edge.config import CameraConfig, EdgeConfig
 from edge.head import Head
@@ -76,8 +76,10 @@ class Camera:
         self.encoded_all = threading.Event()
         self.error: BaseException | None = None
         self.seq_floor = 0  # capture numbers at or above this (a live camera's first handshake may raise it)
+        a = self.artifact
+        self.encoder = StreamEncoder(a.bits, a.coder, a.entropy_models, cfg.key_interval or a.key_interval)
         self.link = Link(cfg.id, cfg.cloud, self.artifact, self.outbox, self.stats, self.stop, cfg.max_inflight,
-                         backoff, credentials, token)
+                         backoff, self.encoder.request_key, credentials, token)
 
     # -- stages ---------------------------------------------------------------------------------
     def _stage(self, body: Callable[[], None], downstream: StageQueue | None) -> threading.Thread:
@@ -136,7 +138,7 @@ class Camera:
         hold_back = self.cfg.policy == "lossless" and not self.cfg.live  # a file waits for room in the spool
         while (item := self.to_encode.get()) is not END:
             seq, t, index, codes = item
-            data = encode_frame(codes, self.artifact.bits, self.artifact.coder)
+            data = self.encoder.encode(codes, seq)
             sizes.observe(len(data))
             self.stats.add("encoded_bytes", len(data))
             if not self.outbox.put(seq, int(t * 1e6), index, data, block=hold_back, cancel=self.stop) \

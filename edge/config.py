@@ -98,6 +98,8 @@ class CameraConfig(_Link):
                                                       "new ones overflow to the spool")
     stall_timeout_s: float = Field(10.0, ge=0, description="a live source silent this long is reopened (0: never)")
     test_head_delay_s: float = Field(0.0, ge=0, le=10, description="test only: a slower head, to force drops")
+    key_interval: int | None = Field(None, ge=1, description="coders with delta frames: most frames between key "
+                                     "frames (default: the artifact's; 1: every frame a key frame)")
     spool: SpoolConfig | None = None
 
     def bearer_token(self) -> str | None:

@@ -60,6 +60,7 @@ FATAL = {
     grpc.StatusCode.UNAUTHENTICATED: " (check this camera's token / token_file against the cloud's token table)",
     grpc.StatusCode.PERMISSION_DENIED: " (the token belongs to another camera id)",
 }
+FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION.value[0]
 
 
 class EdgeError(RuntimeError):
@@ -76,6 +77,7 @@ def channel(target: str, credentials: grpc.ChannelCredentials | None = None) -> 
 class Link:
     def __init__(self, camera_id: str, cloud: str, artifact: Artifact, outbox: Outbox, stats: CameraStats,
                  stop: threading.Event, max_inflight: int, backoff: tuple[float, float],
+                 request_key: Callable[[], None] = lambda: None,
                  credentials: grpc.ChannelCredentials | None = None, token: str | None = None) -> None:
         self.camera_id = camera_id
         self.cloud = cloud
@@ -91,6 +93,7 @@ class Link:
         # was wiped, or the id reused): such frames are dropped, never answered with another frame's score.
         self.conflict = range(0)
         self.on_handshake: Callable[[int], None] | None = None  # called with the cloud's last seq
+        self.request_key = request_key  # the encoder's: next frame a key frame (reconnect, missing reference)
 
     def _retrying(self, attempt: Callable[[], bool | int]):
         """Run `attempt` until it returns a non-False value, backing off after each link failure."""
@@ -153,6 +156,7 @@ class Link:
         dead = threading.Event()
         with self._channel() as channel:
             self._handshake(channel)
+            self.request_key()
             resent = self.outbox.rewind()
             if resent:
                 log.info("event=replay camera=%s frames=%d", self.camera_id, resent)
@@ -178,6 +182,7 @@ class Link:
             if rec.seq in self.conflict:
                 self.outbox.ack(rec.seq)
                 self.stats.drop("seq_conflict")
+                self.request_key()  # later delta frames must not lean on a frame the cloud never got
                 continue
             self.stats.add("sent")
             yield pb.Frame(camera_id=self.camera_id, seq=rec.seq, capture_time_us=rec.capture_time_us,
@@ -187,6 +192,8 @@ class Link:
         if not self.outbox.ack(r.seq):
             return
         if r.status.code != 0:
+            if r.status.code == FAILED_PRECONDITION:  # the cloud lacks the reference of a delta frame
+                self.request_key()
             self.stats.add("rejected")
             log.warning("event=frame_rejected camera=%s seq=%d reason=%r", self.camera_id, r.seq, r.status.message)
             return

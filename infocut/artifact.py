@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from codec import CodecError, EntropyModel, needs_model
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
@@ -71,6 +73,18 @@ class Artifact:
         return self.manifest["coder"]["name"]
 
     @property
+    def entropy_models(self) -> list[EntropyModel] | None:
+        """The coder's entropy model per cut tensor (codec.EntropyModel), or None for a coder without one."""
+        if not needs_model(self.coder):
+            return None
+        return [EntropyModel.from_json(t) for t in self.manifest["coder"]["tensors"]]
+
+    @property
+    def key_interval(self) -> int:
+        """Coders with delta frames: the artifact's default for the most frames between key frames."""
+        return int(self.manifest["coder"].get("key_interval", 1))
+
+    @property
     def cut_shapes(self) -> list[tuple[int, ...]]:
         """Per-frame shapes of the tensors crossing the cut (without the batch axis)."""
         return [tuple(t["shape"]) for t in self.manifest["cut"]["tensors"]]
@@ -120,6 +134,7 @@ def load_artifact(root: str | Path, verify: bool = True) -> Artifact:
         raise ArtifactError(f"{path}: required field 'quantizer.bits' is missing")
     if len(manifest["quantizer"].get("tensors", tensors)) != len(tensors):
         raise ArtifactError(f"{path}: quantizer.tensors must give one quantizer per cut tensor")
+    _check_coder(path, manifest)
     if verify:
         if artifact_id(manifest) != manifest["artifact_id"]:
             raise ArtifactError(f"{path}: artifact id does not match the manifest's content (edited?)")
@@ -130,3 +145,21 @@ def load_artifact(root: str | Path, verify: bool = True) -> Artifact:
             if sha256_file(file) != entry["sha256"]:
                 raise ArtifactError(f"{root}: {entry['path']} does not match its sha256 in the manifest")
     return Artifact(root=root, manifest=manifest)
+
+
+def _check_coder(path: Path, manifest: dict) -> None:
+    """The coder must be known and its tables (if it codes against any) valid for the cut."""
+    coder = manifest["coder"]
+    try:
+        if not isinstance(coder, dict) or not needs_model(coder.get("name", "")):
+            return
+        tables = coder.get("tensors")
+        if not isinstance(tables, list) or len(tables) != len(manifest["cut"]["tensors"]):
+            raise CodecError("the coder needs one entropy model per cut tensor")
+        for t, m in zip(manifest["cut"]["tensors"], tables, strict=True):
+            model = EntropyModel.from_json(m)
+            if model.bits != manifest["quantizer"]["bits"] or model.channels != t["shape"][0]:
+                raise CodecError(f"entropy model of {t['name']} is for {model.channels} channels at {model.bits} "
+                                 f"bits, the cut tensor is {t['shape']} at {manifest['quantizer']['bits']} bits")
+    except CodecError as e:
+        raise ArtifactError(f"{path}: coder {coder.get('name')!r}: {e}") from None

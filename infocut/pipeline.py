@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cloud.tail import CameraHistory, Tail
-from codec import decode_frame, encode_frame
+from codec import decode_frame
+from codec.stream import References, StreamEncoder
 from edge.head import Head
 from infocut.artifact import Artifact
 
@@ -32,24 +33,29 @@ class Pipeline:
         self.head = Head(artifact, threads)
         self.tail = Tail(artifact, threads)
         self.history = CameraHistory(self.tail.gap)
+        self.models = artifact.entropy_models
+        self.references = References()
 
-    def encode(self, image: np.ndarray) -> bytes:
-        codes = self.head(image[None])
-        return encode_frame(codes, self.artifact.bits, self.artifact.coder)
+    def encoder(self, key_interval: int | None = None) -> StreamEncoder:
+        """A camera's stream encoder (key frames every `key_interval`, the artifact's by default)."""
+        a = self.artifact
+        return StreamEncoder(a.bits, a.coder, self.models, a.key_interval if key_interval is None else key_interval)
 
     def score(self, camera_id: str, seq: int, frame: bytes):
-        codes = decode_frame(frame).tensors
+        codes = decode_frame(frame, self.models, self.references.lookup(camera_id, seq)).tensors
+        self.references.update(camera_id, seq, codes)
         scored = self.tail(codes, self.history.previous(camera_id, seq))
         self.history.update(camera_id, seq, scored.features)
         return scored
 
-    def run(self, images: Iterable[np.ndarray], camera_id: str = "offline") -> Run:
+    def run(self, images: Iterable[np.ndarray], camera_id: str = "offline", key_interval: int | None = None) -> Run:
         run = Run()
+        encoder = self.encoder(key_interval)
         for seq, image in enumerate(images):
             t0 = time.perf_counter()
             codes = self.head(image[None])
             t1 = time.perf_counter()
-            frame = encode_frame(codes, self.artifact.bits, self.artifact.coder)
+            frame = encoder.encode(codes, seq)
             t2 = time.perf_counter()
             scored = self.score(camera_id, seq, frame)
             t3 = time.perf_counter()

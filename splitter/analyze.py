@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 import codec
-from codec.coders import names as coder_names
+from codec.coders import standalone as coder_names
 from splitter.cache import REPO, Cache, digest_files, digest_frames, digest_state
 from splitter.cuts import Cut, find_cut
 from splitter.metrics import Bootstrap, auroc
@@ -757,7 +757,7 @@ def analyze(
 ) -> dict:
     """Measure cost, rate, information and fidelity of `sp` (a splitter.export.Splitter) at every cut in
     `cuts` (default: all of sp.cuts, inner and multi-tensor ones included) and bit depth in `bits`, with
-    every coder in `coders` (default: all registered). Results are cached per (cut, bits) under
+    every coder in `coders` (default: every coder that needs no fitted tables). Results are cached per (cut, bits) under
     `cache_dir` (None: nothing cached). Returns a JSON-ready dict (see the module docstring; its "how"
     says how each figure is measured, its "run" how long this call took and what came from the cache)."""
     return _Analysis(sp, bits, coders, cuts, eval_stride, cache_dir, progress).run()

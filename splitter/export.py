@@ -48,6 +48,7 @@ class SplitConfig:
     gap: int = 1  # frames between the two whose feature change the scorer sees
     threshold_quantile: float = 0.995
     calib_stride: int = 5  # every n-th training frame calibrates the quantizer
+    key_interval: int = 50  # coders with delta frames: a key frame at least every n frames
     heldout: tuple[str, ...] = field(default=HELDOUT)
 
     def size(self) -> tuple[int, int]:
@@ -133,13 +134,27 @@ class Splitter:
         return head_g, AnomalyTailGraph(deq, tail, self.scorer()).eval()
 
     @torch.no_grad()
-    def threshold(self, head_g: nn.Module, tail_g: AnomalyTailGraph) -> float:
-        """The score quantile of held-out normal videos, through the quantized split path."""
-        scores = []
-        runs = run_videos(head_g, self.training_videos(True), self.size, "threshold", quiet=self.quiet, bar=self.bar)
-        for _, codes in runs:
-            scores.append(score_video(tail_g, [torch.from_numpy(c) for c in _tensors(codes)], self.cfg.gap))
+    def heldout_codes(self, head_g: nn.Module) -> list[tuple[np.ndarray, ...]]:
+        """The head's codes of the held-out normal videos, per video a tuple of (frames, C, H, W) arrays:
+        what the threshold is set on and the coder's tables are fitted on (consecutive frames)."""
+        runs = run_videos(head_g, self.training_videos(True), self.size, "held-out codes", quiet=self.quiet,
+                          bar=self.bar)
+        return [_tensors(codes) for _, codes in runs]
+
+    @torch.no_grad()
+    def threshold(self, tail_g: AnomalyTailGraph, videos: list[tuple[np.ndarray, ...]]) -> float:
+        """The score quantile of held-out normal videos (their codes), through the quantized split path."""
+        scores = [score_video(tail_g, [torch.from_numpy(c) for c in codes], self.cfg.gap) for codes in videos]
         return float(np.quantile(np.concatenate(scores), self.cfg.threshold_quantile))
+
+    def coder_entry(self, coder: str, bits: int, videos: list[tuple[np.ndarray, ...]]) -> dict:
+        """The manifest's coder: its name and, for a coder that needs them, the entropy model of each cut
+        tensor fitted on the held-out normal videos' codes (integers, so decoding is bit exact)."""
+        if not codec.needs_model(coder):
+            return {"name": coder}
+        models = [codec.entropy_model.fit((v[i] for v in videos), bits) for i in range(len(videos[0]))]
+        return {"name": coder, "key_interval": self.cfg.key_interval, "fitted_on": "held-out normal videos "
+                + ",".join(self.cfg.heldout), "tensors": [m.to_json() for m in models]}
 
     def write_graphs(
         self, cut: Cut, qs: list[codec.QuantParams], out: Path, image: np.ndarray | None = None
@@ -186,6 +201,7 @@ class Splitter:
         if len(qs) != len(cut.tensors) or any(q.bits != bits for q in qs):
             raise ValueError(f"cut {cut.name} needs {len(cut.tensors)} quantizers at {bits} bits")
         head_g, tail_g, feeds = self.write_graphs(cut, qs, out)
+        heldout = self.heldout_codes(head_g) if cfg.task == "anomaly" or codec.needs_model(coder) else []
         names = codes_names(len(cut.tensors))
         h, w = self.size
         manifest = {
@@ -207,7 +223,7 @@ class Splitter:
                 "kind": "uniform-affine", "bits": bits, "percentile": cfg.percentile, "per_channel": cfg.per_channel,
                 "tensors": [q.to_json() for q in qs],
             },
-            "coder": {"name": coder},
+            "coder": self.coder_entry(coder, bits, heldout),
             "files": {"head": {"path": "head.onnx"}, "tail": {"path": "tail.onnx"}},
             "split_config": dict(asdict(cfg), cut=cut.name, bits=bits, coder=coder, feature_layer=self.feature_layer),
             "created_by": {"infocut": infocut.__version__, "torch": torch.__version__.split("+")[0], "opset": OPSET},
@@ -223,7 +239,7 @@ class Splitter:
                 "feature_layer": self.feature_layer,
                 "bank_size": cfg.bank_size,
                 "topk": cfg.topk,
-                "threshold": self.threshold(head_g, tail_g),
+                "threshold": self.threshold(tail_g, heldout),
                 "threshold_rule": f"quantile {cfg.threshold_quantile} of scores on held-out normal training videos",
                 "heldout_videos": list(cfg.heldout),
                 "map_shape": list(feats.shape[2:]),

@@ -40,12 +40,14 @@ def demo_artifact():
 
 @pytest.fixture(scope="session")
 def small_artifact(tmp_path_factory) -> Path:
-    """A quickly built ResNet-20 anomaly artifact at a late cut, 4 bits (fitted on a few Ped2 videos)."""
+    """A quickly built ResNet-20 anomaly artifact at a late cut, 4 bits, ANS-coded with a key frame every 8
+    frames and delta frames between (fitted on a few Ped2 videos): what the fault tests stream."""
     skip_without_shared()
     from splitter.export import SplitConfig, Splitter
 
     out = tmp_path_factory.mktemp("artifact")
-    cfg = SplitConfig(cut="layer2_1", bits=4, heldout=("16",), bank_size=256, calib_stride=20)
+    cfg = SplitConfig(cut="layer2_1", bits=4, coder="ans", key_interval=8, heldout=("16",), bank_size=256,
+                      calib_stride=20)
     sp = Splitter(cfg, quiet=True)
     sp.training_videos = _fewer(sp.training_videos)
     sp.export(out)

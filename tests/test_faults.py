@@ -85,11 +85,13 @@ def start_edge(artifact: Path, cloud: str, frames: Path, spool: Path, camera: st
 
 
 def finish(edge: subprocess.Popen, timeout: float = 120) -> tuple[str, dict[str, int]]:
-    """Wait for the edge to exit 0; its output and the counters of its summary line."""
+    """Wait for the edge to exit 0 (1 when the cloud rejected frames); its output and the counters of its
+    summary line."""
     out, _ = edge.communicate(timeout=timeout)
-    assert edge.returncode == 0, out
     line = [ln for ln in out.splitlines() if "event=summary" in ln][-1]
-    return out, {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)(?=\s|$)", line)}
+    counts = {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)(?=\s|$)", line)}
+    assert edge.returncode == (1 if counts.get("rejected") else 0), out
+    return out, counts
 
 
 def rows(db: Path, camera: str) -> list[tuple[int, float]]:
@@ -348,12 +350,16 @@ def test_realtime_on_a_slow_cloud_drops_oldest_and_counts_every_frame(small_arti
                       "--spool-mode", mode, env={"INFOCUT_EDGE__CAMERAS__0__TEST_HEAD_DELAY_S": "0.08",
                                                  "INFOCUT_EDGE__CAMERAS__0__MAX_INFLIGHT": "2",
                                                  "INFOCUT_EDGE__CAMERAS__0__OUTBOX_FRAMES": "2"})
-    _, counts = finish(edge)
+    out, counts = finish(edge)
     assert counts["captured"] == N
     dropped = {k: v for k, v in counts.items() if k.startswith("dropped_")}
     assert counts["dropped"] == sum(dropped.values()) > 0, counts
     assert dropped.get("dropped_behind_head", 0) > 0 and dropped.get("dropped_spool_full", 0) > 0, counts
     assert counts["acked"] + counts["rejected"] + counts["dropped"] + counts["pending"] == N, counts
+    # A frame dropped from the spool was the reference of the delta frames after it, until the key frame
+    # the cloud's refusal asks for: those, and only those, are rejected.
+    reasons = re.findall(r"event=frame_rejected .*reason='([^']*)'", out)
+    assert len(reasons) == counts["rejected"] and all(r.startswith("missing reference") for r in reasons), reasons
     got = [s for s, _ in rows(slow_cloud["db"], camera)]
     assert len(got) == counts["acked"] and got == sorted(set(got)), "acked frames stored once each"
     assert set(got) <= set(range(N)) and got[-1] == N - 1, "the newest frame is kept"

@@ -313,3 +313,17 @@ def test_open_after_ignores_isolated_anomalous_frames(make_store: MakeStore) -> 
     assert opened is not None and (opened.start_seq, opened.end_seq, opened.frames) == (6, 8, 3)
     closed = feed(restarted, "cam", "..", start=9)[-1].alert_closed
     assert closed is not None and closed.id == opened.id
+
+
+def test_the_reference_of_delta_frames_is_stored_with_the_frame_and_survives_a_restart(make_store: MakeStore) -> None:
+    store = make_store()
+    assert store.reference("cam") is None
+    store.record("cam", 0, at(0), 0.1, False, 10, reference=b"codes-0")
+    store.record("cam", 2, at(2), 0.1, False, 10, reference=b"codes-2")
+    store.record("cam", 1, at(1), 0.1, False, 10, reference=b"codes-1")  # late: the newer reference stays
+    store.record("cam", 2, at(2), 0.1, False, 10, reference=b"resent")  # duplicate: changes nothing
+    store.record("other", 5, at(5), 0.1, False, 10)  # no reference given: none stored
+    assert store.reference("cam") == (2, b"codes-2")
+    assert store.reference("other") is None
+    store.close()
+    assert make_store().reference("cam") == (2, b"codes-2")

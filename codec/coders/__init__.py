@@ -2,16 +2,18 @@
 
 Each coder module defines NAME, ID, encode(codes, bits) -> bytes and
 decode(payload, shape, bits) -> uint8 array; decode raises CodecError on any bad payload.
+A coder with NEEDS_MODEL = True also takes the artifact's entropy model and, for a delta frame,
+the reference frame's codes: encode(codes, bits, model, ref) and decode(payload, shape, bits, model, ref).
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from codec.coders import raw, zstd
+from codec.coders import ans, raw, zstd
 from codec.errors import CodecError
 
-_CODERS: tuple[ModuleType, ...] = (raw, zstd)
+_CODERS: tuple[ModuleType, ...] = (raw, zstd, ans)
 _BY_NAME = {c.NAME: c for c in _CODERS}
 _BY_ID = {c.ID: c for c in _CODERS}
 assert len(_BY_NAME) == len(_BY_ID) == len(_CODERS), "coder names and ids must be unique"
@@ -20,6 +22,16 @@ assert len(_BY_NAME) == len(_BY_ID) == len(_CODERS), "coder names and ids must b
 def names() -> list[str]:
     """Registered coder names, in id order."""
     return [_BY_ID[i].NAME for i in sorted(_BY_ID)]
+
+
+def standalone() -> list[str]:
+    """The coders that code a frame alone, without fitted tables (what an analysis can try on any cut)."""
+    return [n for n in names() if not needs_model(n)]
+
+
+def needs_model(name_or_id: str | int) -> bool:
+    """Whether the coder codes against the artifact's entropy model (fitted tables) rather than alone."""
+    return bool(getattr(get_coder(name_or_id), "NEEDS_MODEL", False))
 
 
 def get_coder(name_or_id: str | int) -> ModuleType:

@@ -1,0 +1,166 @@
+"""Entropy models: the integer probability tables an ANS coder codes the cut's codes against.
+
+A table row is integer frequencies that sum to exactly 2**PRECISION with every symbol at least 1,
+fitted on normal training video at export and stored in the manifest. Encoder and decoder build the
+same coder state from the same integers, so decoding is bit exact on every machine.
+
+- ``intra`` (C, S): each channel's marginal; the factorized model a key frame is coded with.
+- ``inter`` (C, S, S) or None: row [c, p] is channel c's distribution given that the same position
+  held code p in the reference frame (the previous frame sent). A fixed camera's scene repeats
+  itself, so most codes equal their predecessor's and this row is sharply peaked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from codec.errors import CodecError
+from codec.quantizer import check_bits
+
+PRECISION = 16  # frequencies sum to 2**16; constriction's ANS keeps 24 bits, so they are represented exactly
+MAX_INTER_BITS = 4  # a (C, S, S) table stays small (S <= 16); deeper codes are coded intra only
+PRIOR_WEIGHT = 4.0  # pseudo-counts of the channel's marginal mixed into each context row (rare contexts)
+
+
+@dataclass(frozen=True)
+class EntropyModel:
+    """Integer tables of one cut tensor (read-only uint32 arrays)."""
+
+    bits: int
+    intra: np.ndarray
+    inter: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        bits = check_bits(self.bits)
+        s = 1 << bits
+        intra = _table(self.intra, "intra")
+        if intra.ndim != 2 or intra.shape[1] != s:
+            raise CodecError(f"intra table must be (channels, {s}) at {bits} bits, got {intra.shape}")
+        inter = None
+        if self.inter is not None:
+            inter = _table(self.inter, "inter")
+            if inter.shape != (intra.shape[0], s, s):
+                raise CodecError(f"inter table must be {(intra.shape[0], s, s)}, got {inter.shape}")
+        object.__setattr__(self, "bits", bits)
+        object.__setattr__(self, "intra", intra)
+        object.__setattr__(self, "inter", inter)
+
+    @property
+    def channels(self) -> int:
+        return self.intra.shape[0]
+
+    def to_json(self) -> dict:
+        out = {"bits": self.bits, "precision": PRECISION, "intra": self.intra.tolist()}
+        if self.inter is not None:
+            out["inter"] = self.inter.tolist()
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict) -> EntropyModel:
+        if not isinstance(obj, dict) or "intra" not in obj or "bits" not in obj:
+            raise CodecError("an entropy model needs 'bits' and 'intra'")
+        if obj.get("precision") != PRECISION:
+            raise CodecError(f"entropy model precision {obj.get('precision')!r}, this build codes at {PRECISION}")
+        return cls(obj["bits"], _array(obj["intra"]), None if obj.get("inter") is None else _array(obj["inter"]))
+
+    def cost_bits(self, codes: np.ndarray, ref: np.ndarray | None = None) -> float:
+        """-log2 P(codes) under this model (intra, or inter given the reference codes): the ideal size."""
+        x = channel_rows(codes, self.channels)
+        freq = self.intra[np.arange(self.channels)[:, None], x] if ref is None else self._inter_freq(x, ref)
+        return float(PRECISION * x.size - np.log2(freq).sum())
+
+    def _inter_freq(self, x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        if self.inter is None:
+            raise CodecError("this entropy model has no inter table")
+        r = channel_rows(ref, self.channels)
+        return self.inter[np.arange(self.channels)[:, None], r, x]
+
+
+def channel_rows(codes: np.ndarray, channels: int) -> np.ndarray:
+    """Codes of one frame, (1, C, ...) or (C, ...), as (C, positions) int64 rows."""
+    a = np.asarray(codes)
+    if a.ndim >= 2 and a.shape[0] == 1 and a.shape[1] == channels:
+        a = a[0]
+    if a.ndim < 1 or a.shape[0] != channels:
+        raise CodecError(f"codes of shape {np.shape(codes)} do not have the model's {channels} channels on axis 1")
+    return a.reshape(channels, -1).astype(np.int64)
+
+
+def quantize_counts(counts: np.ndarray) -> np.ndarray:
+    """Rows of nonnegative counts -> uint32 frequencies, each row summing to 2**PRECISION, each entry >= 1.
+
+    Each symbol gets 1 plus its share of the rest, rounded down; the few units left go to the largest
+    remainders (ties to the lower symbol), so the result is a deterministic function of the counts."""
+    c = np.asarray(counts, dtype=np.float64)
+    s = c.shape[-1]
+    total = 1 << PRECISION
+    if s > total // 2:
+        raise CodecError(f"{s} symbols do not fit a {PRECISION}-bit table")
+    sums = c.sum(-1, keepdims=True)
+    p = np.where(sums > 0, c / np.where(sums > 0, sums, 1), 1.0 / s)
+    share = p * (total - s)
+    freq = 1 + np.floor(share)
+    left = (total - freq.sum(-1)).astype(np.int64)
+    order = np.argsort(-(share - np.floor(share)), axis=-1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(s).reshape((1,) * (c.ndim - 1) + (s,)), axis=-1)
+    freq += ranks < left[..., None]
+    out = freq.astype(np.uint32)
+    assert (out.sum(-1) == total).all()
+    return out
+
+
+def fit(videos: Iterable[np.ndarray], bits: int, inter: bool | None = None) -> EntropyModel:
+    """Fit the tables on codes of normal video: each item is one video's codes, (frames, C, ...) uint8,
+    consecutive frames in order (the inter table learns what follows what). `inter`: fit the
+    conditional table (default: when bits <= MAX_INTER_BITS)."""
+    bits = check_bits(bits)
+    s = 1 << bits
+    inter = bits <= MAX_INTER_BITS if inter is None else inter
+    marg = pair = None
+    for codes in videos:
+        v = np.asarray(codes)
+        if v.ndim < 2:
+            raise CodecError(f"a video's codes need a frame and a channel axis, got shape {v.shape}")
+        c = v.shape[1]
+        x = np.moveaxis(v, 1, 0).reshape(c, v.shape[0], -1).astype(np.int64)  # (C, frames, positions)
+        if marg is None:
+            marg = np.zeros((c, s), np.float64)
+            pair = np.zeros((c, s * s), np.float64) if inter else None
+        elif marg.shape[0] != c:
+            raise CodecError(f"videos disagree on the channel count ({marg.shape[0]} vs {c})")
+        rows = np.arange(c)[:, None]
+        np.add.at(marg, (rows, x.reshape(c, -1)), 1)
+        if inter and v.shape[0] > 1:
+            ctx = (x[:, :-1] * s + x[:, 1:]).reshape(c, -1)
+            np.add.at(pair, (rows, ctx), 1)
+    if marg is None:
+        raise CodecError("no codes to fit an entropy model on")
+    intra = quantize_counts(marg)
+    if not inter:
+        return EntropyModel(bits, intra)
+    prior = marg / marg.sum(-1, keepdims=True)
+    pair = pair.reshape(-1, s, s) + PRIOR_WEIGHT * prior[:, None, :]
+    return EntropyModel(bits, intra, quantize_counts(pair))
+
+
+def _array(value) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.int64)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise CodecError(f"entropy table is not a regular integer array ({e})") from None
+
+
+def _table(value, what: str) -> np.ndarray:
+    a = _array(value)
+    total = 1 << PRECISION
+    if a.size == 0 or a.min() < 1 or a.max() > total:
+        raise CodecError(f"{what} table entries must be integers in 1..{total}")
+    if (a.sum(-1) != total).any():
+        raise CodecError(f"every {what} table row must sum to {total}")
+    out = a.astype(np.uint32)
+    out.flags.writeable = False
+    return out

@@ -1,0 +1,182 @@
+"""The ANS coder and its entropy model: exact round trips at the model's cost, key and delta frames,
+bit-exact output across runs and threads, and a clear refusal of every bad payload."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from codec import CodecError, EntropyModel, MissingReference, decode_frame, encode_frame, entropy_model
+from codec.coders import ans
+from codec.framing import FLAG_KEY
+from codec.stream import References, StreamEncoder, pack_codes, unpack_codes
+
+
+def scene(frames=12, c=6, h=10, w=14, bits=3, seed=0) -> np.ndarray:
+    """A fixed camera: a static background of codes and a small patch that moves and changes."""
+    rng = np.random.default_rng(seed)
+    s = 1 << bits
+    base = np.minimum(rng.geometric(0.5, size=(c, h, w)) - 1, s - 1)
+    vid = np.repeat(base[None], frames, 0)
+    for t in range(frames):
+        x = t % (w - 3)
+        vid[t, :, 2:5, x : x + 3] = rng.integers(0, s, size=(c, 3, 3))
+    return vid.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def model() -> EntropyModel:
+    return entropy_model.fit([scene(seed=s) for s in range(3)], 3)
+
+
+def test_quantized_tables_are_exact_and_deterministic():
+    counts = np.array([[0, 0, 5, 1000, 3, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1], [0] * 8])
+    f = entropy_model.quantize_counts(counts)
+    assert f.dtype == np.uint32 and (f.sum(-1) == 1 << entropy_model.PRECISION).all() and f.min() >= 1
+    assert f[0].argmax() == 3 and f[0, 0] == 1  # an unseen symbol keeps the smallest probability, never 0
+    assert len(set(f[1].tolist())) == 1 and len(set(f[2].tolist())) == 1  # uniform stays uniform
+    np.testing.assert_array_equal(f, entropy_model.quantize_counts(counts))
+
+
+def test_the_inter_table_learns_that_a_static_scene_repeats(model):
+    # Given the same position's previous code, the same code is by far the likeliest (the frequent codes;
+    # rare ones lean on the channel's marginal).
+    diag = model.inter[:, np.arange(4), np.arange(4)]
+    assert (diag > 0.5 * (1 << entropy_model.PRECISION)).all()
+    vid = scene(seed=7)
+    intra = model.cost_bits(vid[5])
+    inter = model.cost_bits(vid[5], vid[4])
+    assert inter < 0.5 * intra
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), bits=st.sampled_from([1, 2, 3, 4]), c=st.integers(1, 5), n=st.integers(1, 300))
+def test_ans_round_trips_exactly_key_and_delta(seed, bits, c, n):
+    rng = np.random.default_rng(seed)
+    s = 1 << bits
+    vid = rng.integers(0, s, size=(3, c, n)).astype(np.uint8)
+    same = rng.random((c, n)) < 0.7
+    vid[1][same] = vid[0][same]
+    m = entropy_model.fit([vid], bits)
+    for codes, ref in ((vid[1][None], None), (vid[2][None], vid[1][None])):
+        payload = ans.encode(codes, bits, m, ref)
+        np.testing.assert_array_equal(ans.decode(payload, codes.shape, bits, m, ref), codes)
+
+
+def test_ans_reaches_its_models_cost(model):
+    """The coded size is the model's ideal -log2 P within 1% (plus the coder's final word)."""
+    vid = scene(frames=20, c=16, h=30, w=45, seed=11)
+    for codes, ref in ((vid[9], None), (vid[10], vid[9])):
+        ideal = model.cost_bits(codes[:6], None if ref is None else ref[:6]) / 8
+        got = len(ans.encode(codes[:6][None], 3, model, None if ref is None else ref[:6][None]))
+        assert got <= 1.01 * ideal + 8, (got, ideal)
+
+
+def test_stream_sends_key_frames_on_schedule_and_on_request(model):
+    vid = scene(frames=12)
+    enc = StreamEncoder(3, "ans", [model], key_interval=4)
+    refs = References()
+    kinds = []
+    for seq in range(12):
+        if seq == 6:
+            enc.request_key()
+        data = enc.encode([vid[seq][None]], seq)
+        frame = decode_frame(data, [model], refs.lookup("cam", seq))
+        refs.update("cam", seq, frame.tensors)
+        np.testing.assert_array_equal(frame.tensors[0][0], vid[seq])
+        kinds.append("K" if frame.key_frame else "d")
+        assert frame.delta == (not frame.key_frame)
+    assert "".join(kinds) == "KdddKdKdddKd"
+    assert (enc.key_frames, enc.delta_frames) == (4, 8)
+
+
+def test_a_delta_frame_without_its_reference_is_refused_and_a_key_frame_recovers(model):
+    vid = scene(frames=4)
+    enc = StreamEncoder(3, "ans", [model], key_interval=10)
+    frames = [enc.encode([vid[i][None]], i) for i in range(3)]
+    refs = References()
+    decode_frame(frames[0], [model], refs.lookup("cam", 0))  # decoded but the receiver forgot to keep it
+    with pytest.raises(MissingReference, match="key frame"):
+        decode_frame(frames[1], [model], refs.lookup("cam", 1))
+    with pytest.raises(MissingReference):  # a reference of the wrong seq is not used either
+        refs.update("cam", 0, [vid[0][None]])
+        decode_frame(frames[2], [model], refs.lookup("cam", 2))
+    enc.request_key()
+    key = decode_frame(enc.encode([vid[3][None]], 3), [model], refs.lookup("cam", 3))
+    assert key.key_frame
+    np.testing.assert_array_equal(key.tensors[0][0], vid[3])
+
+
+def test_references_fall_back_to_the_durable_copy_after_a_restart(model):
+    vid = scene(frames=3)
+    shapes = [(1, *vid.shape[1:])]
+    durable = {"cam": (1, unpack_codes(pack_codes([vid[1][None]]), shapes))}
+    refs = References(load=durable.get)
+    enc = StreamEncoder(3, "ans", [model], key_interval=10)
+    enc.encode([vid[0][None]], 0), enc.encode([vid[1][None]], 1)
+    frame = decode_frame(enc.encode([vid[2][None]], 2), [model], refs.lookup("cam", 2))
+    np.testing.assert_array_equal(frame.tensors[0][0], vid[2])
+    with pytest.raises(CodecError, match="reference"):
+        unpack_codes(pack_codes([vid[1][None]])[:-3], shapes)
+
+
+def test_encoding_is_bit_exact_across_runs_and_threads(model):
+    vid = scene(frames=8, c=6, h=30, w=45, seed=3)
+
+    def run(_):
+        enc = StreamEncoder(3, "ans", [model], key_interval=4)
+        return hashlib.sha256(b"".join(enc.encode([vid[i][None]], i) for i in range(8))).hexdigest()
+
+    with ThreadPoolExecutor(4) as pool:
+        digests = set(pool.map(run, range(8)))
+    assert len(digests) == 1
+    # Fixed integer tables and fixed symbols: the bytes are a function of them alone, on every machine.
+    fixed = EntropyModel(2, entropy_model.quantize_counts(np.array([[1, 2, 3, 4], [4, 3, 2, 1]])))
+    codes = (np.arange(64, dtype=np.uint8).reshape(1, 2, 32) * 7) % 4
+    assert hashlib.sha256(ans.encode(codes, 2, fixed)).hexdigest()[:16] == GOLDEN
+
+
+GOLDEN = "53e54787f8e9c5ac"
+
+
+def test_bad_payloads_and_arguments_get_clear_errors(model):
+    vid = scene(frames=2)
+    codes, ref = vid[1][None], vid[0][None]
+    good = ans.encode(codes, 3, model)
+    for bad, match in ((good[:-1], "32-bit words"), (good[:-4], "decode|more data"),
+                       (good + b"\x01\x00\x00\x00", "more data|decode"),
+                       (b"\x00\x00\x00\x00", "decode")):
+        with pytest.raises(CodecError, match=match):
+            ans.decode(bad, codes.shape, 3, model)
+    with pytest.raises(CodecError, match="entropy model"):
+        ans.decode(good, codes.shape, 3, None)
+    with pytest.raises(CodecError, match="bits"):
+        ans.decode(good, codes.shape, 4, model)
+    with pytest.raises(CodecError, match="channels"):
+        ans.encode(codes[:, :3], 3, model)
+    with pytest.raises(CodecError, match="reference holds"):
+        ans.encode(codes, 3, model, ref[:, :, :5])
+    with pytest.raises(CodecError, match="entropy model"):
+        encode_frame([codes], 3, "ans")
+    with pytest.raises(CodecError, match="no delta frames"):
+        encode_frame([codes], 3, "zstd", refs=[ref], ref_distance=1)
+    with pytest.raises(CodecError, match="ref_distance"):
+        encode_frame([codes], 3, "ans", models=[model], refs=[ref], ref_distance=0)
+    with pytest.raises(CodecError, match="ref_distance|key"):
+        encode_frame([codes], 3, "ans", flags=FLAG_KEY, models=[model], refs=[ref], ref_distance=1)
+
+
+def test_entropy_models_refuse_malformed_tables(model):
+    j = model.to_json()
+    assert EntropyModel.from_json(json.loads(json.dumps(j))).inter.tolist() == model.inter.tolist()
+    broken = [dict(j, precision=12), dict(j, intra=[[1, 2]]), dict(j, intra=[[0] * 7 + [1 << 16]] * 6),
+              dict(j, intra=[[2] * 8] * 6), dict(j, inter=[[1]]), {"bits": 3}, dict(j, intra=[[1, [2]]])]
+    for bad in broken:
+        with pytest.raises(CodecError):
+            EntropyModel.from_json(bad)
