@@ -73,6 +73,8 @@ def test_live_camera_captures_while_the_cloud_is_down_and_delivers_later(camera_
         wait_for(lambda: metric(metrics_port, "infocut_edge_spool_frames") >= 3,
                  "the camera captured and spooled frames with no cloud to talk to", edge)
         assert metric(metrics_port, "infocut_edge_frames_acked_total") == 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            assert 'infocut_edge_providers_info{camera_id="live",providers="cpu"} 1.0' in r.read().decode()
         cloud = subprocess.Popen(
             [sys.executable, "-m", "infocut", "cloud", "--artifact", str(DEMO_ARTIFACT), "--grpc-port", str(grpc_port),
              "--http-port", str(free_port()), "--db", f"sqlite:///{db}", "--host", "127.0.0.1"],
