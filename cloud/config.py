@@ -29,5 +29,12 @@ class CloudConfig(BaseModel):
     http_port: int = Field(8000, ge=1, le=65535)
     db_url: str = "sqlite:///infocut.db"
     alert: AlertConfig = Field(default_factory=AlertConfig)
+    # gRPC TLS: cert + key serve TLS; client_ca also requires a client certificate signed by it (mTLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Per-camera bearer tokens (cloud/auth.py): a YAML/JSON file `camera id: sha256:<hex>`; None: open.
+    tokens: Path | None = None
+    providers: str = Field("auto", description="onnxruntime providers of the tail: auto or a list of tensorrt,cuda,cpu")
     # Test-only: hold every frame this long before scoring it, to play a slow cloud in the fault tests.
     test_delay_s: float = Field(default_factory=lambda: float(os.environ.get(TEST_DELAY_ENV) or 0), ge=0, le=60)

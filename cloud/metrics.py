@@ -34,3 +34,5 @@ E2E_SECONDS = Histogram(
 )
 ALERTS_OPENED = Counter("infocut_alerts_opened_total", "Alerts opened, per camera.", ["camera_id"])
 STREAMS = Gauge("infocut_active_streams", "Edge streams connected now.")
+PROVIDERS = Gauge("infocut_tail_providers_info", "onnxruntime execution providers of the tail (value 1).",
+                  ["providers"])

@@ -10,10 +10,15 @@ import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cloud import metrics
 from cloud.api import create_app
+from cloud.auth import Auth, load_table
 from cloud.config import CloudConfig
 from cloud.service import IngestService
 from cloud.store import Store
+from cloud.tail import Tail
+from edge.providers import short
+from infocut import tls
 from infocut.artifact import load_artifact
 from protos import infocut_pb2 as pb
 from protos import infocut_pb2_grpc as pb_grpc
@@ -38,7 +43,15 @@ async def start_grpc(cfg: CloudConfig, service: IngestService) -> tuple[grpc.aio
     status = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(status, server)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{cfg.grpc_host}:{cfg.grpc_port}")
+    address = f"{cfg.grpc_host}:{cfg.grpc_port}"
+    if cfg.tls_cert is not None or cfg.tls_key is not None:
+        creds = tls.server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+        port = server.add_secure_port(address, creds)
+        log.info("gRPC TLS on :%d%s", port, ", client certificates required (mTLS)" if cfg.tls_client_ca else "")
+    elif cfg.tls_client_ca is not None:
+        raise tls.TLSError("tls_client_ca needs tls_cert and tls_key (the server's own certificate)")
+    else:
+        port = server.add_insecure_port(address)
     await server.start()
     for name in ("", SERVICE):
         await status.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -47,8 +60,12 @@ async def start_grpc(cfg: CloudConfig, service: IngestService) -> tuple[grpc.aio
 
 async def serve(cfg: CloudConfig) -> None:
     artifact = load_artifact(cfg.artifact)
+    auth = Auth(load_table(cfg.tokens) if cfg.tokens is not None else None)
+    tail = Tail(artifact, providers=cfg.providers)
+    metrics.PROVIDERS.labels(providers=short(tail.providers)).set(1)
+    log.info("tail runs on %s", short(tail.providers))
     store = Store(cfg.db_url, cfg.alert)
-    service = IngestService(artifact, store, delay_s=cfg.test_delay_s)
+    service = IngestService(artifact, store, tail=tail, delay_s=cfg.test_delay_s, auth=auth)
     if cfg.test_delay_s:
         log.warning("test-only delay: every frame is held %.3f s before it is scored", cfg.test_delay_s)
     grpc_server, port = await start_grpc(cfg, service)

@@ -17,6 +17,7 @@ import grpc
 
 import infocut
 from cloud import metrics
+from cloud.auth import Auth
 from cloud.store import Store
 from cloud.tail import CameraHistory, Tail
 from codec import CodecError, MissingReference, decode_frame
@@ -28,7 +29,7 @@ from protos import infocut_pb2_grpc as pb_grpc
 log = logging.getLogger("infocut.cloud")
 
 ARTIFACT_HEADER = "x-infocut-artifact-id"
-OK, INVALID_ARGUMENT, FAILED_PRECONDITION, INTERNAL = 0, 3, 9, 13
+OK, INVALID_ARGUMENT, PERMISSION_DENIED, FAILED_PRECONDITION, INTERNAL = 0, 3, 7, 9, 13
 
 
 def result(frame: pb.Frame, code: int = OK, message: str = "", **kw) -> pb.FrameResult:
@@ -38,8 +39,10 @@ def result(frame: pb.Frame, code: int = OK, message: str = "", **kw) -> pb.Frame
 
 
 class IngestService(pb_grpc.IngestServicer):
-    def __init__(self, artifact: Artifact, store: Store, tail: Tail | None = None, delay_s: float = 0.0):
+    def __init__(self, artifact: Artifact, store: Store, tail: Tail | None = None, delay_s: float = 0.0,
+                 auth: Auth | None = None):
         self.artifact = artifact
+        self.auth = auth or Auth(None)
         self.delay_s = delay_s  # test-only slow cloud (CloudConfig.test_delay_s)
         self.store = store
         self.tail = tail or Tail(artifact)
@@ -58,7 +61,23 @@ class IngestService(pb_grpc.IngestServicer):
             "deploy the same artifact on both nodes"
         )
 
+    async def _caller(self, context) -> str | None:
+        """The camera the call's bearer token belongs to (None: no token table); aborts UNAUTHENTICATED."""
+        if self.auth.open:
+            return None
+        camera = self.auth.camera(context.invocation_metadata())
+        if camera is None:
+            metrics.FRAME_ERRORS.labels(reason="unauthenticated").inc()
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing or unknown bearer token: send `authorization: Bearer <this camera's token>`")
+        return camera
+
     async def Handshake(self, request, context):
+        caller = await self._caller(context)
+        if caller is not None and request.camera_id != caller:
+            metrics.FRAME_ERRORS.labels(reason="permission_denied").inc()
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"this token is camera {caller!r}'s, not {request.camera_id!r}'s")
         if request.artifact_id != self.artifact.id:
             metrics.FRAME_ERRORS.labels(reason="artifact_mismatch").inc()
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, self.mismatch(request.artifact_id))
@@ -73,6 +92,7 @@ class IngestService(pb_grpc.IngestServicer):
         )
 
     async def Stream(self, request_iterator, context):
+        caller = await self._caller(context)
         theirs = dict(context.invocation_metadata()).get(ARTIFACT_HEADER, "")
         if theirs != self.artifact.id:
             metrics.FRAME_ERRORS.labels(reason="artifact_mismatch").inc()
@@ -80,18 +100,24 @@ class IngestService(pb_grpc.IngestServicer):
         metrics.STREAMS.inc()
         try:
             async for frame in request_iterator:
-                yield await self.process(frame)
+                yield await self.process(frame, caller)
         finally:
             metrics.STREAMS.dec()
 
     async def Submit(self, request, context):
-        return await self.process(request)
+        return await self.process(request, await self._caller(context))
 
-    async def process(self, frame: pb.Frame) -> pb.FrameResult:
-        """Score and store one frame; every failure becomes this frame's error result."""
+    async def process(self, frame: pb.Frame, caller: str | None = None) -> pb.FrameResult:
+        """Score and store one frame; every failure becomes this frame's error result.
+
+        `caller`: the camera the call's token belongs to; a frame of another camera is refused alone."""
         if not frame.camera_id:
             metrics.FRAME_ERRORS.labels(reason="invalid").inc()
             return result(frame, INVALID_ARGUMENT, "camera_id is empty")
+        if caller is not None and frame.camera_id != caller:
+            metrics.FRAME_ERRORS.labels(reason="permission_denied").inc()
+            return result(frame, PERMISSION_DENIED, f"this stream's token is camera {caller!r}'s, "
+                                                    f"not {frame.camera_id!r}'s")
         if frame.artifact_id != self.artifact.id:
             metrics.FRAME_ERRORS.labels(reason="artifact_mismatch").inc()
             return result(frame, FAILED_PRECONDITION, self.mismatch(frame.artifact_id))

@@ -25,9 +25,10 @@ class Scored:
 
 
 class Tail:
-    def __init__(self, artifact: Artifact, threads: int = 0, providers: list[str] | None = None):
+    def __init__(self, artifact: Artifact, threads: int = 0, providers: str | list[str] = "cpu"):
         self.artifact = artifact
         self.sess = session(artifact.tail_path, threads, providers)
+        self.providers = self.sess.get_providers()
         state = artifact.manifest["scorer"]["state"]
         self.state_shape = tuple(state["shape"])
         self.gap = int(state.get("gap", 1))

@@ -1,16 +1,18 @@
-"""The edge agent: per camera, capture -> head -> encode -> spool -> link, each stage its own thread.
+"""The edge agent: per camera, capture -> head -> encode -> outbox -> link, each stage its own thread.
 
 Stages hand frames over through bounded queues (edge/stages.py): with the `realtime` policy a stage
 that falls behind loses the oldest queued frames (counted per stage), with `lossless` it holds the
-stage before it back. Every encoded frame is appended to the camera's durable spool before it is
-sent (edge/spool.py), so an outage, a slow cloud or a crash of the edge loses nothing that reached
-it; a file source is also held back by a full spool in lossless mode, a live one obeys the spool's
-`when_full`. The link (edge/link.py) streams the spool in seq order and trims it as results come.
+stage before it back. Encoded frames go to the outbox (edge/outbox.py): memory while the link keeps
+up, the durable spool (edge/spool.py) when it is down or behind, or always with `spool.mode: always`.
+A file source is held back by a full spool in lossless mode, a live one obeys the spool's
+`when_full`. The link (edge/link.py) sends the outbox in seq order and resolves frames as results come.
 
 Sequence numbers are given at capture, so frames dropped in realtime mode leave gaps (the cloud's
-scorer relies on seq to find the frame `gap` frames earlier). After a restart numbering continues
-after max(the cloud's last stored seq, the spool's last seq), and a file source interrupted in
-lossless mode resumes after the last frame that reached the spool: each frame is scored once.
+scorer relies on seq to find the frame `gap` frames earlier). A live camera starts capturing at once,
+numbering after the spool's last seq, whether or not the cloud answers yet. A file source is numbered
+`seq0 + its position` for as long as it is unfinished (source.json in the spool folder): after a
+restart it goes on after the last frame the cloud holds or the spool delivers in order, so each frame
+is scored once, in order, even when frames held in memory died with the process.
 Several cameras run in one process, sharing nothing but it.
 """
 
@@ -28,16 +30,19 @@ from edge.config import CameraConfig, EdgeConfig
 from edge.head import Head
 from edge.link import EdgeError, Link
 from edge.metrics import CameraStats
+from edge.outbox import Outbox
 from edge.preprocess import to_input
+from edge.providers import short
 from edge.source import Source, SourceError, open_source
 from edge.spool import Spool, SpoolError
 from edge.stages import END, StageQueue
+from infocut import tls
 from infocut.artifact import load_artifact
 
 log = logging.getLogger("infocut.edge")
 
 PROGRESS_S = 5.0  # how often each camera logs its counters
-STATE_FILE = "source.json"  # in the camera's spool folder: which source the last run read, and whether it finished
+STATE_FILE = "source.json"  # in the camera's spool folder: the file source, its seq0, and whether it finished
 
 __all__ = ["Camera", "EdgeError", "run"]
 
@@ -52,21 +57,29 @@ class Camera:
             sp = cfg.spool
             self.spool = Spool(sp.dir / cfg.id, cap_bytes=sp.cap_bytes, ttl_s=sp.ttl_s, when_full=sp.when_full,
                                fsync_interval=sp.fsync_interval_s)
-        except (OSError, ValueError, SpoolError) as e:
+            self.outbox = Outbox(self.spool, cfg.outbox_frames, sp.mode)
+            credentials = None if cfg.tls is None else tls.channel_credentials(cfg.tls.ca, cfg.tls.cert, cfg.tls.key)
+            token = cfg.bearer_token()
+            self.head = Head(self.artifact, cfg.threads, cfg.providers)
+        except (OSError, ValueError, SpoolError) as e:  # ConfigError, TLSError, ProviderError are ValueErrors
+            if hasattr(self, "spool"):
+                self.spool.close()
             raise EdgeError(f"camera {cfg.id}: {e}") from None
-        self.head = Head(self.artifact, cfg.threads)
         self.stop = threading.Event()
-        self.stats = CameraStats(cfg.id, self.spool)
+        self.stats = CameraStats(cfg.id, self.outbox, short(self.head.providers))
         metrics.register(self.stats)
+        log.info("event=head camera=%s providers=%s tls=%s token=%s", cfg.id, self.stats.providers,
+                 "off" if cfg.tls is None else ("mutual" if cfg.tls.cert else "on"), "set" if token else "none")
         realtime = cfg.policy == "realtime"
         self.to_head = StageQueue(cfg.queue_size, realtime, lambda _: self.stats.drop("behind_head"), self.stop)
         self.to_encode = StageQueue(cfg.queue_size, realtime, lambda _: self.stats.drop("behind_encode"), self.stop)
         self.encoded_all = threading.Event()
         self.error: BaseException | None = None
+        self.seq_floor = 0  # capture numbers at or above this (a live camera's first handshake may raise it)
         a = self.artifact
         self.encoder = StreamEncoder(a.bits, a.coder, a.entropy_models, cfg.key_interval or a.key_interval)
-        self.link = Link(cfg.id, cfg.cloud, self.artifact, self.spool, self.stats, self.stop, cfg.max_inflight,
-                         backoff, request_key=self.encoder.request_key)
+        self.link = Link(cfg.id, cfg.cloud, self.artifact, self.outbox, self.stats, self.stop, cfg.max_inflight,
+                         backoff, self.encoder.request_key, credentials, token)
 
     # -- stages ---------------------------------------------------------------------------------
     def _stage(self, body: Callable[[], None], downstream: StageQueue | None) -> threading.Thread:
@@ -86,15 +99,17 @@ class Camera:
 
         return threading.Thread(target=target, name=f"{self.cfg.id}-{body.__name__}", daemon=True)
 
-    def _capture(self, source: Source, seq: int, skip_through: int) -> None:
+    def _capture(self, source: Source, seq: int, skip: int) -> None:
+        """Frames of `source` from the `skip`-th on, numbered from `seq`."""
         fps = self.cfg.fps or (source.fps if self.cfg.pace and not source.live else 0.0) or 0.0
         period = 1.0 / fps if fps else 0.0
         next_at = time.monotonic()
-        for cap in source:
+        for position, cap in enumerate(source):
             if self.stop.is_set() or (self.cfg.max_frames is not None and cap.index >= self.cfg.max_frames):
                 break
-            if cap.index <= skip_through:
+            if position < skip:
                 continue
+            seq = max(seq, self.seq_floor)
             if period:
                 self.stop.wait(max(0.0, next_at - time.monotonic()))
                 next_at += period
@@ -109,6 +124,8 @@ class Camera:
         while (item := self.to_head.get()) is not END:
             seq, cap = item
             t0 = time.perf_counter()
+            if self.cfg.test_head_delay_s:
+                time.sleep(self.cfg.test_head_delay_s)
             codes = self.head(to_input(cap.image, self.artifact.input_size)[None])
             timer.observe(time.perf_counter() - t0)
             self.stats.add("processed")
@@ -124,47 +141,85 @@ class Camera:
             data = self.encoder.encode(codes, seq)
             sizes.observe(len(data))
             self.stats.add("encoded_bytes", len(data))
-            if not self.spool.append(seq, int(t * 1e6), index, data, block=hold_back) and self.stop.is_set():
+            if not self.outbox.put(seq, int(t * 1e6), index, data, block=hold_back, cancel=self.stop) \
+                    and self.stop.is_set():
                 self.stats.drop("shutdown")  # a refused frame is counted by the spool, an interrupted one here
 
-    # -- resuming a file ------------------------------------------------------------------------
-    def _resume_point(self) -> int:
-        """The last source index already spooled by an unfinished run of this very file (-1: start over)."""
+    # -- numbering ------------------------------------------------------------------------------
+    def _file_start(self, cloud_last: int) -> tuple[int, int]:
+        """(first seq, frames of the file to skip) for a file source, given the cloud's last stored seq.
+
+        An unfinished run of the same file keeps its numbering (seq = seq0 + position) and goes on after
+        the last frame delivered: the spool's frames are replayed first when they follow on from it; when
+        frames in between died in memory with the last process, the spool is cleared and read again."""
+        prev: dict = {}
         path = self.spool.dir / STATE_FILE
-        skip = -1
-        if not self.cfg.live and path.exists():
+        if path.exists():
             try:
                 prev = json.loads(path.read_text())
             except (OSError, ValueError):
                 prev = {}
-            if prev.get("source") == self.cfg.source and not prev.get("done", True):
-                skip = self.spool.last_index
-        self._write_state(done=False)
-        return skip
+        delivered = max(cloud_last, self.spool.watermark)
+        if prev.get("source") == self.cfg.source and not prev.get("done", True) and isinstance(prev.get("seq0"), int):
+            seq0 = prev["seq0"]
+            if self.spool.depth[0] and self.spool.first_unresolved() > delivered + 1:
+                lost = self.spool.clear(delivered)
+                log.warning("event=spool_reread camera=%s reason='frames held in memory were lost' spooled=%d "
+                            "resume_after_seq=%d", self.cfg.id, lost, delivered)
+            last = max(delivered, self.spool.last_seq)
+        else:
+            seq0 = max(cloud_last, self.spool.last_seq) + 1
+            last = seq0 - 1
+        self._write_state(done=False, seq0=seq0)
+        return last + 1, last + 1 - seq0
 
-    def _write_state(self, done: bool) -> None:
+    def _on_handshake(self, first_seq: int) -> Callable[[int], None]:
+        """A live camera numbers before it reaches the cloud; the first handshake checks that numbering."""
+        seen = threading.Event()
+
+        def check(cloud_last: int) -> None:
+            if seen.is_set():
+                return
+            seen.set()
+            if cloud_last >= first_seq:
+                log.warning("event=seq_conflict camera=%s first_seq=%d cloud_last_seq=%d action='drop frames "
+                            "numbered below it, number on after it' (spool folder wiped, or camera id reused?)",
+                            self.cfg.id, first_seq, cloud_last)
+                self.link.conflict = range(first_seq, cloud_last + 1)
+                self.seq_floor = cloud_last + 1
+
+        return check
+
+    def _write_state(self, done: bool, seq0: int) -> None:
         tmp = self.spool.dir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps({"source": self.cfg.source, "done": done}))
+        tmp.write_text(json.dumps({"source": self.cfg.source, "done": done, "seq0": seq0}))
         tmp.replace(self.spool.dir / STATE_FILE)
 
     # -- running --------------------------------------------------------------------------------
     def run(self) -> CameraStats:
         try:
-            source = open_source(self.cfg.source)
+            source = open_source(self.cfg.source, self.cfg.stall_timeout_s,
+                                 on_reopen=lambda _: self.stats.add("source_reopens"))
         except SourceError as e:
-            self.spool.close()
+            self.outbox.close()
             raise EdgeError(f"camera {self.cfg.id}: {e}") from None
         threads: list[threading.Thread] = []
         finished = False
+        seq0 = 0
         try:
-            skip = self._resume_point()
-            cloud_last = self.link.last_seq()
-            if cloud_last is None:
-                return self.stats
-            first_seq = max(cloud_last, self.spool.last_seq) + 1
-            log.info("event=start camera=%s source=%r policy=%s cloud=%s first_seq=%d resume_after_index=%d "
-                     "spooled=%d", self.cfg.id, self.cfg.source, self.cfg.policy, self.cfg.cloud, first_seq, skip,
-                     self.spool.depth[0])
+            if self.cfg.live:  # capture at once, reachable cloud or not
+                first_seq, skip = self.spool.last_seq + 1, 0
+                self.link.on_handshake = self._on_handshake(first_seq)
+            else:
+                cloud_last = self.link.last_seq()
+                if cloud_last is None:
+                    return self.stats
+                first_seq, skip = self._file_start(cloud_last)
+                seq0 = first_seq - skip
+            # resume_after_index: the position in the file of the last frame already handled (-1: none)
+            log.info("event=start camera=%s source=%r policy=%s spool_mode=%s cloud=%s first_seq=%d "
+                     "resume_after_index=%d spooled=%d", self.cfg.id, self.cfg.source, self.cfg.policy,
+                     self.cfg.spool.mode, self.cfg.cloud, first_seq, skip - 1, self.spool.depth[0])
             threads = [
                 self._stage(lambda: self._capture(source, first_seq, skip), self.to_head),
                 self._stage(self._infer, self.to_encode),
@@ -174,18 +229,18 @@ class Camera:
             for t in threads:
                 t.start()
             self.link.run(finished=self.encoded_all.is_set)
-            finished = self.encoded_all.is_set() and self.spool.depth[0] == 0 and not self.stop.is_set()
+            finished = self.encoded_all.is_set() and self.outbox.depth[0] == 0 and not self.stop.is_set()
         finally:
             self.stop.set()
             source.close()
-            self.spool.close()  # wakes an append waiting for room
-            for t in threads:
+            for t in threads[:3]:
                 t.join(timeout=10)
             for q in (self.to_head, self.to_encode):
                 for _ in range(len(q)):
                     self.stats.drop("shutdown")
-            if finished and self.error is None:
-                self._write_state(done=True)
+            if finished and self.error is None and not self.cfg.live:
+                self._write_state(done=True, seq0=seq0)
+            self.outbox.close()  # frames still in memory go to the spool
             log.info(self.stats.line("summary"))
         if self.error is not None:
             raise EdgeError(f"camera {self.cfg.id}: {self.error}")
@@ -198,7 +253,14 @@ class Camera:
 
 def run(cfg: EdgeConfig) -> list[CameraStats]:
     """Run every camera of `cfg` until its file is done (live sources: until interrupted)."""
-    cameras = [Camera(c, cfg.backoff_s) for c in cfg.cameras]
+    cameras: list[Camera] = []
+    try:
+        for c in cfg.cameras:
+            cameras.append(Camera(c, cfg.backoff_s))
+    except EdgeError:
+        for cam in cameras:
+            cam.outbox.close()
+        raise
     try:
         metrics.serve(cfg.metrics_port, cfg.metrics_host)
     except OSError as e:
@@ -216,9 +278,10 @@ def run(cfg: EdgeConfig) -> list[CameraStats]:
     for t in threads:
         t.start()
     try:
+        # Not join(): a KeyboardInterrupt inside join() marks the thread stopped on CPython < 3.13
+        # (bpo-45274), and the joins below would then return at once, before the summary and the spool.
         while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(timeout=0.5)
+            time.sleep(0.2)
     except KeyboardInterrupt:
         for cam in cameras:
             cam.stop.set()

@@ -18,8 +18,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from edge import providers as eps
 from edge.source import is_live
 
 ENV_PREFIX = "INFOCUT_EDGE__"
@@ -42,9 +51,37 @@ class SpoolConfig(_Strict):
     ttl_s: float = Field(0.0, ge=0, description="drop frames older than this (0: keep until sent or full)")
     when_full: Literal["drop-oldest", "reject-new"] = "drop-oldest"
     fsync_interval_s: float = Field(1.0, ge=0, description="fsync at most this often (0: every frame)")
+    mode: Literal["overflow", "always"] = Field(
+        "overflow", description="overflow: frames go to the link from memory and reach the disk only when the "
+                                "link is down or behind; always: every frame is written first (survives a crash)")
 
 
-class CameraConfig(_Strict):
+class TLSConfig(_Strict):
+    """TLS to the cloud: `ca` signs the cloud's certificate (None: the system's roots); `cert` + `key`
+    are this edge's client certificate when the cloud requires mutual TLS."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+class _Link(_Strict):
+    """What a camera's link to the cloud needs; set at the top level or per camera."""
+
+    tls: TLSConfig | None = None
+    token: SecretStr | None = Field(None, description="this camera's bearer token (prefer token_file)")
+    token_file: Path | None = Field(None, description="a file holding the bearer token")
+    providers: str | None = Field(None, description="onnxruntime providers: auto or a list of tensorrt,cuda,cpu")
+
+    @field_validator("providers")
+    @classmethod
+    def _providers(cls, v: str | None) -> str | None:
+        if v is not None:
+            eps.parse(v)
+        return v
+
+
+class CameraConfig(_Link):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
                     description="camera id: letters, digits, '.', '_', '-' (it names the spool folder)")
     source: str = Field(min_length=1)
@@ -57,16 +94,34 @@ class CameraConfig(_Strict):
     queue_size: int = Field(8, ge=1, description="frames between two stages")
     max_inflight: int = Field(32, ge=1, description="frames sent and not yet acked")
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: all cores)")
+    outbox_frames: int = Field(32, ge=1, description="frames held in memory for the link (sent or not) before "
+                                                      "new ones overflow to the spool")
+    stall_timeout_s: float = Field(10.0, ge=0, description="a live source silent this long is reopened (0: never)")
+    test_head_delay_s: float = Field(0.0, ge=0, le=10, description="test only: a slower head, to force drops")
     key_interval: int | None = Field(None, ge=1, description="coders with delta frames: most frames between key "
                                      "frames (default: the artifact's; 1: every frame a key frame)")
     spool: SpoolConfig | None = None
+
+    def bearer_token(self) -> str | None:
+        """The token from `token` or `token_file` (read at start: a rotated file needs a restart)."""
+        if self.token is not None:
+            return self.token.get_secret_value().strip() or None
+        if self.token_file is None:
+            return None
+        try:
+            token = self.token_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"camera {self.id}: token_file {self.token_file}: {e.strerror}") from None
+        if not token:
+            raise ConfigError(f"camera {self.id}: token_file {self.token_file} is empty")
+        return token
 
     @property
     def live(self) -> bool:
         return is_live(self.source)
 
 
-class EdgeConfig(_Strict):
+class EdgeConfig(_Link):
     artifact: Path | None = None
     cloud: str = "localhost:50051"
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
@@ -89,6 +144,10 @@ class EdgeConfig(_Strict):
                 raise ValueError(f"camera {cam.id}: no artifact (set `artifact` at the top level or for the camera)")
             cam.cloud = cam.cloud or self.cloud
             cam.spool = cam.spool or self.spool
+            cam.tls = cam.tls or self.tls
+            if cam.token is None and cam.token_file is None:
+                cam.token, cam.token_file = self.token, self.token_file
+            cam.providers = cam.providers or self.providers or "auto"
             cam.policy = cam.policy or ("realtime" if cam.live else "lossless")
         return self
 

@@ -5,20 +5,23 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from edge import providers as eps
 from infocut.artifact import Artifact
 
 
-def session(path, threads: int = 0, providers: list[str] | None = None) -> ort.InferenceSession:
+def session(path, threads: int = 0, providers: str | list[str] = "cpu") -> ort.InferenceSession:
+    """An onnxruntime session on `providers` (see edge/providers.py: `auto`, `cuda`, `tensorrt,cuda`, ...)."""
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=eps.resolve(providers))
 
 
 class Head:
-    def __init__(self, artifact: Artifact, threads: int = 0, providers: list[str] | None = None):
+    def __init__(self, artifact: Artifact, threads: int = 0, providers: str | list[str] = "cpu"):
         self.artifact = artifact
         self.sess = session(artifact.head_path, threads, providers)
+        self.providers = self.sess.get_providers()  # what onnxruntime actually took
         self.size = artifact.input_size
         self.outputs = artifact.cut_names
 

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
-    from edge.spool import Spool
+    from edge.outbox import Outbox
 
 HEAD_SECONDS = Histogram(
     "infocut_edge_head_seconds", "head.onnx time per frame (resize included), in seconds.", ["camera_id"],
@@ -33,7 +33,8 @@ FRAME_BYTES = Histogram(
 @dataclass
 class CameraStats:
     camera_id: str
-    spool: Spool | None = None
+    outbox: Outbox | None = None
+    providers: str = ""  # onnxruntime providers of the head, short names
     captured: int = 0
     processed: int = 0  # through the head
     sent: int = 0  # stream writes, resends included
@@ -43,6 +44,7 @@ class CameraStats:
     anomalous: int = 0
     encoded_bytes: int = 0
     reconnects: int = 0
+    source_reopens: int = 0  # live source closed and opened again (stalled or lost)
     stage_dropped: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -57,21 +59,21 @@ class CameraStats:
 
     @property
     def dropped(self) -> Counter[str]:
-        """Frames dropped, by reason: in the pipeline (`behind_*`) and in the spool."""
+        """Frames dropped, by reason: in the pipeline (`behind_*`) and in the outbox and spool."""
         with self.lock:
             out = Counter(self.stage_dropped)
-        if self.spool is not None:
-            out.update(self.spool.drop_counts())
+        if self.outbox is not None:
+            out.update(self.outbox.drop_counts())
         return out
 
     @property
     def pending(self) -> int:
-        return self.spool.depth[0] if self.spool is not None else 0
+        return self.outbox.depth[0] if self.outbox is not None else 0
 
     def fields(self) -> dict[str, object]:
         dt = max(time.monotonic() - self.started, 1e-9)
         dropped = self.dropped
-        frames, nbytes = self.spool.depth if self.spool is not None else (0, 0)
+        frames, nbytes = self.outbox.depth if self.outbox is not None else (0, 0)
         return {
             "camera": self.camera_id, "captured": self.captured, "processed": self.processed,
             "acked": self.acked, "rejected": self.rejected, "dropped": sum(dropped.values()),
@@ -79,7 +81,7 @@ class CameraStats:
             "pending": frames, "spool_bytes": nbytes, "duplicates": self.duplicates,
             "anomalous": self.anomalous, "fps": round(self.captured / dt, 1),
             "bytes_per_frame": round(self.encoded_bytes / self.processed) if self.processed else 0,
-            "reconnects": self.reconnects,
+            "reconnects": self.reconnects, "source_reopens": self.source_reopens,
         }
 
     def line(self, event: str) -> str:
@@ -104,22 +106,30 @@ class _Collector:
             "rejected": family(CounterMetricFamily, "infocut_edge_frames_rejected",
                                "Frames the cloud answered with an error."),
             "reconnects": family(CounterMetricFamily, "infocut_edge_reconnects", "Links to the cloud lost."),
+            "source_reopens": family(CounterMetricFamily, "infocut_edge_source_reopens",
+                                     "Live sources closed and reopened (stalled or lost)."),
         }
         dropped = family(CounterMetricFamily, "infocut_edge_frames_dropped", "Frames dropped, by reason.",
                          ("camera_id", "reason"))
         spool_frames = family(GaugeMetricFamily, "infocut_edge_spool_frames", "Frames in the spool, not yet acked.")
         spool_bytes = family(GaugeMetricFamily, "infocut_edge_spool_bytes", "Bytes of spool files on disk.")
+        memory = family(GaugeMetricFamily, "infocut_edge_outbox_frames", "Frames held in memory for the link.")
+        info = family(GaugeMetricFamily, "infocut_edge_providers_info",
+                      "onnxruntime execution providers of the head (value 1).", ("camera_id", "providers"))
         for cam, st in list(self.cameras.items()):
             for name, fam in fams.items():
                 fam.add_metric([cam], getattr(st, name))
             for reason, n in st.dropped.items():
                 dropped.add_metric([cam, reason], n)
-            if st.spool is not None:
-                frames, nbytes = st.spool.depth
+            if st.outbox is not None:
+                frames, nbytes = st.outbox.spool.depth
                 spool_frames.add_metric([cam], frames)
                 spool_bytes.add_metric([cam], nbytes)
+                memory.add_metric([cam], st.outbox.in_memory)
+            if st.providers:
+                info.add_metric([cam, st.providers], 1)
         yield from fams.values()
-        yield from (dropped, spool_frames, spool_bytes)
+        yield from (dropped, spool_frames, spool_bytes, memory, info)
 
 
 COLLECTOR = _Collector()

@@ -3,7 +3,7 @@
 Every source yields the same thing, `Captured(index, time, image)` with an HxWx3 uint8 RGB image,
 so the rest of the edge never cares what the camera is. Opening fails early and clearly
 (`SourceError`) instead of yielding an empty stream; a live source (webcam, URL) never ends by
-itself: when its stream drops it reopens with backoff until `close()`.
+itself: edge/watchdog.py reopens it with backoff when its stream drops or stalls, until `close()`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
-# A stalled network stream must not block the capture thread forever.
+# A stalled network stream must not block a read forever (the watchdog gives up on it sooner or later).
 NETWORK_TIMEOUT_MS = 10_000
 RECONNECT_DELAY_S = (0.5, 10.0)  # first and longest wait between reopen attempts of a live source
 
@@ -158,7 +159,7 @@ def read_image(path: Path) -> np.ndarray | None:
 
 
 class CaptureSource(Source):
-    """A cv2.VideoCapture: a video file (ends), or a webcam / network stream (live, reopened on loss)."""
+    """A cv2.VideoCapture: a video file, or one session of a webcam / network stream (ends when it drops)."""
 
     def __init__(self, target: str | int, description: str, live: bool) -> None:
         super().__init__(description)
@@ -190,23 +191,15 @@ class CaptureSource(Source):
         return None
 
     def _next_frame(self) -> tuple[int, np.ndarray] | None:
-        delay = RECONNECT_DELAY_S[0]
-        while not self._closed.is_set():
-            if self._cap is not None:
-                ok, bgr = self._cap.read()
-                if ok:
-                    self._count += 1
-                    return self._count - 1, _to_rgb(bgr)
-                if not self.live:
-                    return None
-                log.warning("%s: stream lost, reopening", self.description)
-                self._cap.release()
-                self._cap = None
-            if self._closed.wait(delay):
-                break
-            delay = min(delay * 2, RECONNECT_DELAY_S[1])
-            self._cap = self._open()
-        return None
+        if self._cap is None:
+            return None
+        ok, bgr = self._cap.read()
+        if not ok:
+            if self.live:
+                log.warning("%s: stream lost", self.description)
+            return None
+        self._count += 1
+        return self._count - 1, _to_rgb(bgr)
 
     def _release(self) -> None:
         if self._cap is not None:
@@ -221,18 +214,27 @@ def is_live(spec: str) -> bool:
     return spec.isdigit() and not Path(spec).exists()
 
 
-def open_source(spec: str) -> Source:
-    """Open a directory of images, a video file, a webcam index ("0") or a URL (rtsp/http(s)/file)."""
+def open_source(spec: str, stall_timeout_s: float = 10.0, on_reopen: Callable[[str], None] | None = None) -> Source:
+    """Open a directory of images, a video file, a webcam index ("0") or a URL (rtsp/http(s)/file).
+
+    A live source is watched (edge/watchdog.py): reopened when silent for `stall_timeout_s` (0: only when its
+    stream ends), `on_reopen(reason)` each time."""
+    from edge.watchdog import Watchdog
+
+    def watched(target: str | int, description: str) -> Source:
+        return Watchdog(lambda: CaptureSource(target, description, live=True), description, stall_timeout_s,
+                        on_reopen)
+
     scheme = urlparse(spec).scheme.lower()
     if scheme in URL_SCHEMES:
-        return CaptureSource(spec, f"stream {spec}", live=True)
+        return watched(spec, f"stream {spec}")
     path = Path(unquote(urlparse(spec).path)) if scheme == "file" else Path(spec)
     if path.is_dir():
         return FolderSource(path)
     if path.is_file():
         return CaptureSource(str(path), f"video file {path}", live=False)
     if spec.isdigit():
-        return CaptureSource(int(spec), f"webcam {spec}", live=True)
+        return watched(int(spec), f"webcam {spec}")
     if path.exists():
         raise SourceError(f"{path}: neither a folder nor a regular file")
     raise SourceError(f"{path}: no such file or folder (expected an image folder, a video file, "

@@ -199,8 +199,10 @@ class Spool:
             os.close(dfd)
 
     def append(self, seq: int, capture_time_us: int, index: int, data: bytes, block: bool = False,
-               timeout: float | None = None) -> bool:
-        """Append one frame; False if it was not kept (reject-new when full, or too large: counted)."""
+               timeout: float | None = None, cancel: threading.Event | None = None) -> bool:
+        """Append one frame; False if it was not kept (reject-new when full, or too large: counted).
+
+        `block`: wait for room instead, until `timeout`, close() or `cancel` is set (then False, not counted)."""
         rec = _record(seq, capture_time_us, index, data)
         with self.cv:
             if self._closed:
@@ -218,7 +220,7 @@ class Spool:
                     break
                 if block:
                     left = None if deadline is None else deadline - time.monotonic()
-                    if self._closed or (left is not None and left <= 0):
+                    if self._closed or (left is not None and left <= 0) or (cancel is not None and cancel.is_set()):
                         return False
                     self.cv.wait(0.5 if left is None else min(left, 0.5))
                     continue
@@ -408,8 +410,8 @@ class Spool:
             self.cv.notify_all()
             return again
 
-    def _advance_watermark(self) -> None:
-        """watermark = the highest seq with every record at or below it resolved."""
+    def _first_unresolved(self) -> int:
+        """The lowest seq not yet resolved (last_seq + 1 when every record is)."""
         pos, off = self._cursor
         nxt = self.last_seq + 1
         if pos < len(self.segments) and off < self.segments[pos].size:
@@ -417,11 +419,48 @@ class Spool:
             nxt = FIXED.unpack_from(head, HEADER.size)[0]
         elif pos + 1 < len(self.segments):
             nxt = self.segments[pos + 1].first_seq
-        mark = min(min(self.inflight, default=nxt), nxt) - 1
+        return min(min(self.inflight, default=nxt), nxt)
+
+    def _advance_watermark(self) -> None:
+        """watermark = the highest seq with every record at or below it resolved."""
+        mark = self._first_unresolved() - 1
         if mark > self.watermark:
             self.watermark = mark
             self.skipped = {s for s in self.skipped if s > mark}
             self._write_watermark()
+
+    def advance(self, seq: int) -> None:
+        """Frame `seq` was resolved without ever being spooled (edge/outbox.py keeps healthy-link frames in
+        memory): move the watermark, so that numbering after a restart continues past it. Ignored while
+        a spooled frame at or below `seq` is unresolved."""
+        with self.cv:
+            if self._closed or seq <= self.watermark or (self.pending and self._first_unresolved() <= seq):
+                return
+            self.watermark = seq
+            self.last_seq = max(self.last_seq, seq)
+            self._write_watermark()
+
+    def first_unresolved(self) -> int:
+        """The lowest seq this spool still has to deliver (last_seq + 1 when it holds none)."""
+        with self.cv:
+            return self._first_unresolved()
+
+    def clear(self, through: int) -> int:
+        """Forget every frame and number on from `through` + 1 (a file source read again from the frame after
+        `through`); returns how many frames were unresolved. Not counted as dropped: they are captured again."""
+        with self.cv:
+            if self._closed:
+                return 0
+            n = self.pending
+            for seg in self.segments:
+                self._delete(seg)
+            self.segments, self.inflight, self.skipped = [], OrderedDict(), set()
+            self.pending, self._cursor, self.last_index = 0, (0, 0), -1
+            self.watermark = self.last_seq = through
+            self._write_watermark()
+            self._roll(through + 1)
+            self.cv.notify_all()
+            return n
 
     # -- state ------------------------------------------------------------------------------------
     @property

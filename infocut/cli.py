@@ -275,6 +275,18 @@ def edge(
     pace: Annotated[bool, typer.Option(help="pace a file source at its own frame rate, as a camera would")] = False,
     fps: Annotated[float, typer.Option(help="pace a file source at this rate (0: as fast as it goes)")] = 0.0,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads (0 = all cores)")] = 0,
+    providers: Annotated[str, typer.Option(help="onnxruntime providers of the head: auto (TensorRT > CUDA > CPU, "
+                                                "what this onnxruntime has) or a comma list of tensorrt, cuda, "
+                                                "cpu")] = "auto",
+    spool_mode: Annotated[str, typer.Option(help="overflow (spool only when the link is down or behind) or always "
+                                                 "(every frame to disk first)")] = "overflow",
+    stall_timeout: Annotated[float, typer.Option(help="reopen a live source silent this many seconds "
+                                                      "(0: only when its stream ends)")] = 10.0,
+    tls_ca: Annotated[Path | None, typer.Option(help="connect with TLS, trusting this CA for the cloud's "
+                                                     "certificate (PEM)")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="client certificate for mutual TLS (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="private key of --tls-cert (PEM)")] = None,
+    token_file: Annotated[Path | None, typer.Option(help="file holding this camera's bearer token")] = None,
     verbose: bool = False,
 ) -> None:
     """Run the head on camera streams and send the coded cut tensors to the cloud.
@@ -294,10 +306,17 @@ def edge(
             if not artifact or not source:
                 raise ConfigError("give --artifact and --source (or --config FILE)")
             camera = {"id": camera_id, "source": source, "max_frames": max_frames, "pace": pace, "fps": fps,
-                      "threads": threads, **({"policy": policy} if policy else {})}
-            spool_cfg = {"dir": str(spool), "cap_bytes": spool_cap, "ttl_s": spool_ttl, "when_full": spool_when_full}
+                      "threads": threads, "stall_timeout_s": stall_timeout, **({"policy": policy} if policy else {})}
+            spool_cfg = {"dir": str(spool), "cap_bytes": spool_cap, "ttl_s": spool_ttl, "when_full": spool_when_full,
+                         "mode": spool_mode}
+            link = {"providers": providers}
+            if tls_ca or tls_cert or tls_key:
+                link["tls"] = {"ca": tls_ca and str(tls_ca), "cert": tls_cert and str(tls_cert),
+                               "key": tls_key and str(tls_key)}
+            if token_file:
+                link["token_file"] = str(token_file)
             cfg = load({"artifact": str(artifact), "cloud": cloud, "metrics_port": metrics_port, "spool": spool_cfg,
-                        "cameras": [camera]}, "command line")
+                        "cameras": [camera], **link}, "command line")
         if config is not None and metrics_port:
             cfg.metrics_port = metrics_port
         signal.signal(signal.SIGTERM, _interrupt)  # systemd stop: finish cleanly, the spool keeps the rest
@@ -325,18 +344,34 @@ def cloud(
     host: Annotated[str, typer.Option(help="address to listen on")] = "0.0.0.0",
     open_after: Annotated[int, typer.Option(help="anomalous frames in a row that open an alert")] = 3,
     close_after: Annotated[int, typer.Option(help="normal frames in a row that close an alert")] = 5,
+    tls_cert: Annotated[Path | None, typer.Option(help="serve gRPC over TLS with this certificate (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="the private key of --tls-cert (PEM)")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option(help="require client certificates signed by this CA "
+                                                           "(mutual TLS)")] = None,
+    tokens: Annotated[Path | None, typer.Option(help="per-camera bearer tokens: YAML `camera id: sha256:<hex>` "
+                                                    "(default: any client may send for any camera)")] = None,
+    providers: Annotated[str, typer.Option(help="onnxruntime providers of the tail: auto (TensorRT > CUDA > CPU) "
+                                                "or a comma list of tensorrt, cuda, cpu")] = "auto",
     verbose: bool = False,
 ) -> None:
     """Serve the tail: gRPC ingest, scoring, alerts, REST API and metrics."""
+    from cloud.auth import TokenTableError
     from cloud.config import AlertConfig, CloudConfig
     from cloud.server import run
+    from edge.providers import ProviderError
+    from infocut.tls import TLSError
 
     _logging(verbose)
     cfg = CloudConfig(
         artifact=artifact, grpc_host=host, grpc_port=grpc_port, http_host=host, http_port=http_port, db_url=db,
-        alert=AlertConfig(open_after=open_after, close_after=close_after),
+        alert=AlertConfig(open_after=open_after, close_after=close_after), tls_cert=tls_cert, tls_key=tls_key,
+        tls_client_ca=tls_client_ca, tokens=tokens, providers=providers,
     )
-    run(cfg)
+    try:
+        run(cfg)
+    except (TLSError, TokenTableError, ProviderError) as e:
+        typer.echo(f"cloud: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -110,3 +110,34 @@ def test_realtime_queue_drops_the_oldest_and_lossless_queue_blocks():
     assert q.put("b") and time.monotonic() - t0 >= 0.25, "put waited for the consumer"
     threading.Timer(0.3, stop.set).start()
     assert not q.put("c"), "a stopped pipeline stops waiting"
+
+
+def test_link_settings_are_defaults_a_camera_may_override(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("secret-b\n")
+    doc = {
+        "artifact": "artifacts/demo", "tls": {"ca": "/etc/infocut/ca.pem"}, "token": "secret-a", "providers": "cpu",
+        "spool": {"mode": "always"},
+        "cameras": [
+            {"id": "a", "source": "0"},
+            {"id": "b", "source": "1", "token_file": str(token), "providers": "auto",
+             "tls": {"ca": "/ca.pem", "cert": "/b.pem", "key": "/b.key"}},
+        ],
+    }
+    a, b = load(doc, "test", environ={"INFOCUT_EDGE__CAMERAS__0__STALL_TIMEOUT_S": "3"}).cameras
+    assert a.bearer_token() == "secret-a" and b.bearer_token() == "secret-b"
+    assert "secret" not in repr(a), "a token never shows in a config's repr (logs)"
+    assert str(a.tls.ca) == "/etc/infocut/ca.pem" and a.tls.cert is None and str(b.tls.cert) == "/b.pem"
+    assert (a.providers, b.providers) == ("cpu", "auto")
+    assert a.spool.mode == "always" and a.stall_timeout_s == 3 and b.stall_timeout_s == 10
+
+
+def test_bad_link_settings_name_the_field(tmp_path):
+    base = {"artifact": "a", "cameras": [{"id": "a", "source": "0"}]}
+    with pytest.raises(ConfigError, match=r"providers.*unknown gpu"):
+        load({**base, "providers": "gpu"}, "test", environ={})
+    with pytest.raises(ConfigError, match=r"spool.mode"):
+        load({**base, "spool": {"mode": "sometimes"}}, "test", environ={})
+    cam = load({**base, "token_file": str(tmp_path / "missing")}, "test", environ={}).cameras[0]
+    with pytest.raises(ConfigError, match="token_file .*No such file"):
+        cam.bearer_token()

@@ -74,20 +74,24 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def start_edge(artifact: Path, cloud: str, frames: Path, spool: Path, camera: str, *extra: str) -> subprocess.Popen:
+def start_edge(artifact: Path, cloud: str, frames: Path, spool: Path, camera: str, *extra: str,
+               env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "infocut", "edge", "--artifact", str(artifact), "--source", str(frames),
          "--cloud", cloud, "--camera-id", camera, "--spool", str(spool), "--fps", str(FPS), *extra],
-        cwd=REPO, env=dict(os.environ, **EDGE_ENV), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, env=dict(os.environ, **EDGE_ENV, **(env or {})), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
 def finish(edge: subprocess.Popen, timeout: float = 120) -> tuple[str, dict[str, int]]:
-    """Wait for the edge to exit 0; its output and the counters of its summary line."""
+    """Wait for the edge to exit 0 (1 when the cloud rejected frames); its output and the counters of its
+    summary line."""
     out, _ = edge.communicate(timeout=timeout)
-    assert edge.returncode == 0, out
     line = [ln for ln in out.splitlines() if "event=summary" in ln][-1]
-    return out, {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)(?=\s|$)", line)}
+    counts = {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)(?=\s|$)", line)}
+    assert edge.returncode == (1 if counts.get("rejected") else 0), out
+    return out, counts
 
 
 def rows(db: Path, camera: str) -> list[tuple[int, float]]:
@@ -267,30 +271,52 @@ def test_cloud_sigkill_and_restart_on_the_same_db(small_artifact, frames, tmp_pa
     assert_scored_exactly_once(db, "kill-cloud")
 
 
-def test_edge_sigkill_and_restart_resumes_from_its_spool(small_artifact, cloud, frames, offline, tmp_path):
-    spool = tmp_path / "spool"
-    edge = start_edge(small_artifact, cloud["addr"], frames, spool, "kill-edge")
+@pytest.mark.parametrize("mode", ["overflow", "always"])
+def test_edge_sigkill_and_restart_resumes_from_its_spool(small_artifact, cloud, frames, offline, tmp_path, mode):
+    # overflow: the frames held in memory die with the edge, the file is read again after the last frame the
+    # cloud holds; always: what the first edge had spooled but not yet delivered is replayed first.
+    spool, camera = tmp_path / "spool", f"kill-edge-{mode}"
+    edge = start_edge(small_artifact, cloud["addr"], frames, spool, camera, "--spool-mode", mode)
     try:
-        wait_rows(cloud["db"], "kill-edge", 8, edge)
+        wait_rows(cloud["db"], camera, 8, edge)
         edge.send_signal(signal.SIGKILL)
         edge.wait()
     finally:
         edge.kill()
-    before = len(rows(cloud["db"], "kill-edge"))
+    before = len(rows(cloud["db"], camera))
     assert before < N
-    out, counts = finish(start_edge(small_artifact, cloud["addr"], frames, spool, "kill-edge"))
+    out, counts = finish(start_edge(small_artifact, cloud["addr"], frames, spool, camera, "--spool-mode", mode))
     start = re.search(r"first_seq=(\d+) resume_after_index=(-?\d+) spooled=(\d+)", out)
     first_seq, resume_after, spooled = map(int, start.groups())
     assert first_seq == resume_after + 1 >= before, "numbering and the folder resume after the spooled frames"
     # What the first edge had spooled but not yet delivered is replayed, then the folder goes on.
     assert counts["acked"] == N - first_seq + spooled and counts["captured"] == N - first_seq
-    assert_scored_exactly_once(cloud["db"], "kill-edge", offline)
+    assert_scored_exactly_once(cloud["db"], camera, offline)
+
+
+def test_healthy_link_in_overflow_mode_leaves_the_spool_empty(small_artifact, cloud, frames, offline, tmp_path):
+    """Frames go to the link from memory: on a link that keeps up, no frame is written to disk."""
+    spool = tmp_path / "spool"
+    edge = start_edge(small_artifact, cloud["addr"], frames, spool, "healthy")
+    most = 0
+    try:
+        while edge.poll() is None:
+            most = max(most, sum(p.stat().st_size for p in spool.glob("healthy/*.seg") if p.exists()))
+            time.sleep(0.05)
+        _, counts = finish(edge)
+    finally:
+        edge.kill()
+    assert counts["acked"] == N and counts["dropped"] == 0
+    assert most <= 2 * counts["bytes_per_frame"], f"{most} bytes of frames reached the spool on a healthy link"
+    assert sum(p.stat().st_size for p in spool.glob("healthy/*.seg")) == 0
+    assert_scored_exactly_once(cloud["db"], "healthy", offline)
 
 
 def test_slow_cloud_backlog_goes_to_the_spool_and_drains(small_artifact, slow_cloud, frames, offline, tmp_path):
+    # An outbox of 4 frames in memory: the backlog past them overflows to the spool.
     port = free_port()
     edge = start_edge(small_artifact, slow_cloud["addr"], frames, tmp_path / "spool", "slow",
-                      "--metrics-port", str(port))
+                      "--metrics-port", str(port), env={"INFOCUT_EDGE__CAMERAS__0__OUTBOX_FRAMES": "4"})
     depth = 0.0
     try:
         while edge.poll() is None:
@@ -312,20 +338,32 @@ def test_slow_cloud_backlog_goes_to_the_spool_and_drains(small_artifact, slow_cl
 
 
 # -- realtime: the counters account for every frame -------------------------------------------------
-def test_realtime_on_a_slow_cloud_drops_oldest_and_counts_every_frame(small_artifact, slow_cloud, frames, tmp_path):
-    # 20 fps into a spool of 4 frames (~62 kB each) drained at under 7 fps by the slow cloud: the spool
-    # drops its oldest segments; where the head cannot keep up with 20 fps, the pipeline drops too.
-    edge = start_edge(small_artifact, slow_cloud["addr"], frames, tmp_path / "spool", "rt", "--policy", "realtime",
-                      "--fps", "20", "--spool-cap", str(250_000), "--spool-when-full", "drop-oldest")
-    _, counts = finish(edge)
+@pytest.mark.parametrize("mode", ["always", "overflow"])
+def test_realtime_on_a_slow_cloud_drops_oldest_and_counts_every_frame(small_artifact, slow_cloud, frames, tmp_path,
+                                                                      mode):
+    # 20 fps into a head slowed to under 12.5 fps (the test-only delay): the head's queue of 8 drops its
+    # oldest frames. Behind it 2 frames in flight (and, in overflow mode, 2 in memory) and a spool of 2
+    # frames (~62 kB each), drained at under 7 fps by the slow cloud: the spool drops its oldest segments.
+    camera = f"rt-{mode}"
+    edge = start_edge(small_artifact, slow_cloud["addr"], frames, tmp_path / "spool", camera, "--policy", "realtime",
+                      "--fps", "20", "--spool-cap", str(130_000), "--spool-when-full", "drop-oldest",
+                      "--spool-mode", mode, env={"INFOCUT_EDGE__CAMERAS__0__TEST_HEAD_DELAY_S": "0.08",
+                                                 "INFOCUT_EDGE__CAMERAS__0__MAX_INFLIGHT": "2",
+                                                 "INFOCUT_EDGE__CAMERAS__0__OUTBOX_FRAMES": "2"})
+    out, counts = finish(edge)
     assert counts["captured"] == N
     dropped = {k: v for k, v in counts.items() if k.startswith("dropped_")}
     assert counts["dropped"] == sum(dropped.values()) > 0, counts
-    assert dropped.get("dropped_spool_full", 0) > 0, counts
+    assert dropped.get("dropped_behind_head", 0) > 0 and dropped.get("dropped_spool_full", 0) > 0, counts
     assert counts["acked"] + counts["rejected"] + counts["dropped"] + counts["pending"] == N, counts
-    got = [s for s, _ in rows(slow_cloud["db"], "rt")]
+    # A frame dropped from the spool was the reference of the delta frames after it, until the key frame
+    # the cloud's refusal asks for: those, and only those, are rejected.
+    reasons = re.findall(r"event=frame_rejected .*reason='([^']*)'", out)
+    assert len(reasons) == counts["rejected"] and all(r.startswith("missing reference") for r in reasons), reasons
+    got = [s for s, _ in rows(slow_cloud["db"], camera)]
     assert len(got) == counts["acked"] and got == sorted(set(got)), "acked frames stored once each"
-    assert set(got) <= set(range(N)) and got[-1] == N - 1, "the newest frame is kept"
+    rejected = {int(s) for s in re.findall(r"event=frame_rejected camera=\S+ seq=(\d+)", out)}
+    assert set(got) <= set(range(N)) and N - 1 in set(got) | rejected, "the newest frame reached the cloud"
 
 
 # -- several cameras in one process -----------------------------------------------------------------

@@ -11,8 +11,8 @@ from infocut.settings import REPO
 
 MODULES = [
     "edge.agent", "edge.source", "edge.head", "edge.preprocess", "edge.spool", "edge.config", "edge.link",
-    "edge.metrics", "edge.stages",
-    "cloud.server", "cloud.service", "cloud.tail", "cloud.store", "cloud.api",
+    "edge.metrics", "edge.stages", "edge.outbox", "edge.watchdog", "edge.providers", "infocut.tls",
+    "cloud.server", "cloud.service", "cloud.tail", "cloud.store", "cloud.api", "cloud.auth",
     "codec", "protos.infocut_pb2_grpc", "infocut.cli", "infocut.demo", "infocut.pipeline",
 ]
 

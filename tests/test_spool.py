@@ -184,3 +184,38 @@ def test_bad_settings_are_refused(tmp_path):
     (tmp_path / "junk.seg").write_bytes(b"")
     with pytest.raises(SpoolError, match="not a spool segment"):
         Spool(tmp_path)
+
+
+def test_advance_records_frames_resolved_elsewhere_but_never_passes_a_spooled_one(tmp_path):
+    with Spool(tmp_path) as sp:
+        sp.advance(4)  # frames 0..4 went to the cloud from memory
+        assert sp.watermark == 4 and sp.last_seq == 4
+        assert sp.append(5, 0, 5, b"x")
+        sp.advance(7)  # frame 5 is still spooled: the watermark cannot pass it
+        assert sp.watermark == 4
+    with Spool(tmp_path) as sp:
+        assert sp.last_seq == 5 and sp.next(timeout=0).seq == 5
+
+
+def test_block_gives_up_when_cancelled(tmp_path):
+    import threading
+
+    cancel = threading.Event()
+    with Spool(tmp_path, cap_bytes=4096) as sp:
+        assert sp.append(0, 0, 0, b"x" * 3000)
+        threading.Timer(0.3, cancel.set).start()
+        t0 = time.monotonic()
+        assert not sp.append(1, 0, 1, b"x" * 3000, block=True, cancel=cancel)
+        assert time.monotonic() - t0 < 5 and sp.drop_counts() == {}
+
+
+def test_clear_forgets_every_frame_and_numbers_on_from_the_given_seq(tmp_path):
+    with Spool(tmp_path) as sp:
+        for s in range(10, 15):
+            assert sp.append(s, 0, s, b"x")
+        assert sp.next(timeout=0).seq == 10
+        assert sp.clear(through=7) == 5
+        assert sp.depth == (0, 0) and sp.next(timeout=0) is None and sp.drop_counts() == {}
+        assert sp.append(8, 0, 8, b"y")
+    with Spool(tmp_path) as sp:
+        assert sp.watermark == 7 and [sp.next(timeout=0).seq, sp.next(timeout=0)] == [8, None]
