@@ -78,6 +78,7 @@ class Camera:
         self.seq_floor = 0  # capture numbers at or above this (a live camera's first handshake may raise it)
         a = self.artifact
         self.encoder = StreamEncoder(a.bits, a.coder, a.entropy_models, cfg.key_interval or a.key_interval)
+        self.spool.on_drop = self.encoder.request_key  # a dropped coded frame breaks the chain of delta frames
         self.link = Link(cfg.id, cfg.cloud, self.artifact, self.outbox, self.stats, self.stop, cfg.max_inflight,
                          backoff, self.encoder.request_key, credentials, token)
 

@@ -33,6 +33,7 @@ import threading
 import time
 import zlib
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,7 @@ class Spool:
 
     def __init__(self, directory: str | Path, cap_bytes: int = 1 << 30, ttl_s: float = 0.0,
                  when_full: str = "drop-oldest", segment_bytes: int | None = None,
-                 fsync_interval: float = 1.0) -> None:
+                 fsync_interval: float = 1.0, on_drop: Callable[[], None] | None = None) -> None:
         if when_full not in WHEN_FULL:
             raise SpoolError(f"spool when_full must be one of {', '.join(WHEN_FULL)}, not {when_full!r}")
         if cap_bytes < 4096:
@@ -103,6 +104,8 @@ class Spool:
         self.segment_bytes = segment_bytes or min(max(cap_bytes // 16, 4096), 64 << 20)
         self.fsync_interval = fsync_interval
         self.dropped: Counter[str] = Counter()  # reason -> frames dropped here
+        # Called after frames are dropped: in a delta-coded stream the next frame must be a key frame.
+        self.on_drop = on_drop or (lambda: None)
         self.cv = threading.Condition()
         self.segments: list[_Segment] = []
         self.inflight: OrderedDict[int, _Segment] = OrderedDict()  # read (sent), not yet resolved
@@ -210,7 +213,7 @@ class Spool:
             if seq <= self.last_seq:
                 raise SpoolError(f"seq {seq} appended after {self.last_seq}: the spool is in seq order")
             if len(rec) > self.cap:
-                self.dropped["too_large"] += 1
+                self._drop("too_large", 1)
                 return False
             self._expire(capture_time_us)
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -225,7 +228,7 @@ class Spool:
                     self.cv.wait(0.5 if left is None else min(left, 0.5))
                     continue
                 if self.when_full == "reject-new" or not self._evict_oldest("spool_full"):
-                    self.dropped["spool_rejected"] += 1
+                    self._drop("spool_rejected", 1)
                     return False
             active = self.segments[-1]
             if active.size and active.size + len(rec) > self.segment_bytes:
@@ -253,6 +256,11 @@ class Spool:
         self._synced_at = time.monotonic()
 
     # -- dropping ---------------------------------------------------------------------------------
+    def _drop(self, reason: str, n: int) -> None:
+        if n:
+            self.dropped[reason] += n
+            self.on_drop()
+
     def _evict_oldest(self, reason: str) -> bool:
         """Delete the oldest segment, counting its unread frames as dropped; False if nothing can go.
 
@@ -266,7 +274,7 @@ class Spool:
         seg.evicted = reason
         unread = seg.count - seg.read
         if unread:
-            self.dropped[reason] += unread
+            self._drop(reason, unread)
             self.pending -= unread
             log.warning("event=spool_drop reason=%s frames=%d segment=%s", reason, unread, seg.path.name)
         self._delete(seg)
@@ -350,7 +358,7 @@ class Spool:
             return Record(seq, capture_us, index, payload[FIXED.size:]), seg
 
     def _resolve_unsent(self, reason: str, n: int = 1, seq: int | None = None) -> None:
-        self.dropped[reason] += n
+        self._drop(reason, n)
         self.pending -= n
         if seq is not None:
             self.skipped.add(seq)
@@ -400,7 +408,7 @@ class Spool:
             again = 0
             for seg in self.inflight.values():
                 if seg.evicted:
-                    self.dropped[seg.evicted] += 1
+                    self._drop(seg.evicted, 1)
                     self.pending -= 1
                 else:
                     again += 1

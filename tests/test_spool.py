@@ -67,8 +67,11 @@ def test_rewind_resends_in_flight_frames_in_order(tmp_path):
 
 
 def test_drop_oldest_when_full_counts_every_dropped_frame(tmp_path):
-    with Spool(tmp_path, cap_bytes=8192, segment_bytes=1024, when_full="drop-oldest") as sp:
+    calls = []
+    with Spool(tmp_path, cap_bytes=8192, segment_bytes=1024, when_full="drop-oldest",
+               on_drop=lambda: calls.append(1)) as sp:
         assert all(fill(sp, range(200)))
+        assert calls, "a drop tells the encoder (its next frame must be a key frame)"
         pending, disk = sp.depth
         assert disk <= 8192
         kept = drain(sp)
