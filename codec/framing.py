@@ -179,8 +179,9 @@ def decode_frame(
     for i, (dtype, shape, length) in enumerate(zip(dtypes, shapes, lengths)):
         if dtype != DTYPE_UINT8:
             raise CodecError(f"tensor {i} has unknown dtype code {dtype} (only 0 = uint8)")
-        if math.prod(shape) > MAX_ELEMENTS:
-            raise CodecError(f"tensor {i} shape {shape} has more than {MAX_ELEMENTS} elements")
+        # Zeros aside too: numpy cannot even describe an empty array whose other dims multiply past intp.
+        if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+            raise CodecError(f"tensor {i} shape {shape} has more than {MAX_ELEMENTS} elements (zero dims aside)")
         try:
             tensors.append(coder.decode(data[pos : pos + length], shape, bits, **kw[i]))
         except CodecError as e:
