@@ -50,7 +50,7 @@ SWEEP_CUTS = {  # stage -> the tensor of head.onnx that ends it (MobileNetV2 as 
     "block5": "/head/Add_2_output_0",
 }
 SWEEP_SIZES = [(240, 360), (360, 540), (480, 720)]  # Ped2's native size, 1.5x, the demo's 2x
-SWEEP_FRAMES = 12
+SWEEP_FRAMES = 15
 
 
 # ---------------------------------------------------------------- in the worker processes
@@ -93,12 +93,84 @@ def load_frames(source: str, size: tuple[int, int], n: int) -> tuple[list[np.nda
     return frames, decode_s, prep_s
 
 
-def ort_session(path, threads: int):
+def ort_session(path, threads: int, spin: bool = True):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def no_spinning_in_edge() -> None:
+    """--no-spin: the agent's head session too, built with onnxruntime's spin-waiting off (an experiment)."""
+    import edge.head
+
+    def session(path, threads: int = 0, providers=None):
+        assert providers is None, "the experiment only covers the CPU provider"
+        return ort_session(path, threads, spin=False)
+
+    edge.head.session = session
+
+
+class ThreadCPU:
+    """CPU seconds of each thread of this process, from /proc, sampled until stopped (a thread that ends
+    keeps its last sample), grouped by what runs in it: where the pipeline's CPU goes, busy machine or not."""
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        self.every_s, self.last, self.stop = every_s, {}, threading.Event()
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.thread = threading.Thread(target=self._run, daemon=True, name="bench-cpu-sampler")
+
+    def _sample(self) -> None:
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+                comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            except OSError:
+                continue
+            utime, stime = stat.rsplit(")", 1)[1].split()[11:13]
+            self.last[int(tid)] = (names.get(int(tid)) or comm, (int(utime) + int(stime)) / self.tick)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            self._sample()
+
+    def __enter__(self) -> ThreadCPU:
+        self._sample()
+        self.start = dict(self.last)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._sample()
+
+    def by_group(self, main_label: str) -> dict[str, float]:
+        """CPU seconds during the run per group of threads."""
+        out: dict[str, float] = defaultdict(float)
+        main = threading.main_thread().native_id
+        for tid, (name, cpu) in self.last.items():
+            out[main_label if tid == main else thread_group(name)] += cpu - self.start.get(tid, (name, 0.0))[1]
+        return dict(out)
+
+
+def thread_group(name: str) -> str:
+    for key, group in (("_infer", "head thread (preprocess + onnxruntime caller)"), ("<lambda>", "capture thread"),
+                       ("_encode", "encode thread (encode + spool)"), ("bench-cpu", "this sampler"),
+                       ("(_report)", "reporter"),
+                       ("grpc", "gRPC (C threads)"), ("default-exec", "gRPC (C threads)"),
+                       ("resolver", "gRPC (C threads)"), ("event_engine", "gRPC (C threads)"),
+                       ("Thread-", "other Python threads (gRPC request iterator)"),
+                       ("av:", "video decoding (FFmpeg's threads)")):
+        if key in name:
+            return group
+    if name.startswith("python"):  # native threads that inherit the process name
+        return "onnxruntime intra-op pool (and OpenCV's)"
+    return f"other native ({name})"
 
 
 def bare(args) -> dict:
@@ -108,17 +180,18 @@ def bare(args) -> dict:
 
     art = load_artifact(args.artifact)
     frames, decode_s, prep_s = load_frames(args.source, art.input_size, min(args.frames, 32))
-    sess = ort_session(art.head_path, args.threads)
+    sess = ort_session(art.head_path, args.threads, spin=not args.no_spin)
     for f in frames[:WARMUP]:
         sess.run(None, {"image": f[None]})
     order = [frames[i % len(frames)] for i in range(args.frames)]  # a few distinct frames, cycled: modest RSS
     times, codes = [], []
-    cpu0, t0 = cpu_s(), time.perf_counter()
-    for f in order:
-        t = time.perf_counter()
-        codes.append(sess.run(art.cut_names, {"image": f[None]}))
-        times.append(time.perf_counter() - t)
-    wall, cpu = time.perf_counter() - t0, cpu_s() - cpu0
+    with ThreadCPU() as threads:
+        cpu0, t0 = cpu_s(), time.perf_counter()
+        for f in order:
+            t = time.perf_counter()
+            codes.append(sess.run(art.cut_names, {"image": f[None]}))
+            times.append(time.perf_counter() - t)
+        wall, cpu = time.perf_counter() - t0, cpu_s() - cpu0
     enc = []
     for c in codes[: len(frames)]:
         t = time.perf_counter()
@@ -131,6 +204,8 @@ def bare(args) -> dict:
         "alone_ms_p50": {"capture": 1e3 * float(np.median(decode_s)), "preprocess": 1e3 * float(np.median(prep_s)),
                          "head": 1e3 * float(np.median(times)), "encode": 1e3 * float(np.median([e[0] for e in enc]))},
         "bytes_per_frame": float(np.mean([e[1] for e in enc])),
+        "thread_cpu_ms_per_frame": {k: 1e3 * v / args.frames
+                                    for k, v in threads.by_group("main (onnxruntime caller)").items()},
     }
 
 
@@ -166,6 +241,8 @@ def agent(args) -> dict:
     from edge.config import EdgeConfig
 
     logging.basicConfig(level=logging.WARNING)
+    if args.no_spin:
+        no_spinning_in_edge()
     spool = Path(tempfile.mkdtemp(prefix="edge-bench-spool-"))
     try:
         cfg = EdgeConfig(artifact=args.artifact, cloud=args.cloud, spool={"dir": spool},
@@ -213,9 +290,10 @@ def agent(args) -> dict:
 
         cam.spool.append = append_
         cam.spool.next, cam.spool.ack = next_, ack
-        cpu0, t0 = cpu_s(), time.perf_counter()
-        stats = cam.run()
-        wall, cpu = time.perf_counter() - t0, cpu_s() - cpu0
+        with ThreadCPU() as threads:
+            cpu0, t0 = cpu_s(), time.perf_counter()
+            stats = cam.run()
+            wall, cpu = time.perf_counter() - t0, cpu_s() - cpu0
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     n = stats.acked
@@ -224,6 +302,8 @@ def agent(args) -> dict:
     stage_cpu = {k: 1e3 * v / max(n, 1) for k, v in timers.cpu.items() if k != "head"}
     return {
         "stage_cpu_ms_per_frame": stage_cpu,
+        "thread_cpu_ms_per_frame": {k: 1e3 * v / max(n, 1)
+                                    for k, v in threads.by_group("main (the link: gRPC stream)").items()},
         "frames": n, "captured": stats.captured, "rejected": stats.rejected, "dropped": sum(stats.dropped.values()),
         "wall_s": wall, "fps": n / wall, "edge_fps": n / (spooled_at[0] - t0), "ms_per_frame": 1e3 * wall / max(n, 1), "cpu_s_per_frame": cpu / max(n, 1),
         "peak_rss_mb": peak_rss_mb(), "bytes_per_frame": stats.encoded_bytes / max(stats.captured, 1),
@@ -254,15 +334,17 @@ def sweep(args) -> dict:
             sub = Extractor(model).extract_model(["image"], [tensor])
             path = Path(tmp) / f"{cut}.onnx"
             onnx.save(sub, str(path))
-            sess = ort_session(path, args.threads)
+            sess = ort_session(path, args.threads, spin=not args.no_spin)
             for h, w in SWEEP_SIZES:
                 frames, _, _ = load_frames(args.source, (h, w), 4)
                 for f in frames[:2]:
                     sess.run(None, {"image": f[None]})
-                t0 = time.perf_counter()
+                times = []
                 for i in range(SWEEP_FRAMES):
+                    t0 = time.perf_counter()
                     sess.run(None, {"image": frames[i % len(frames)][None]})
-                ms = 1e3 * (time.perf_counter() - t0) / SWEEP_FRAMES
+                    times.append(time.perf_counter() - t0)
+                ms = 1e3 * float(np.median(times))  # the median: a busy machine's bursts hit a few runs
                 rows.append({"cut": cut, "height": h, "width": w, "ms_per_frame": ms, "fps": 1e3 / ms})
     return {"frames_each": SWEEP_FRAMES, "rows": rows}
 
@@ -316,7 +398,7 @@ def run_worker(args, mode: str, **extra) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         cmd = [sys.executable, __file__, "--worker", mode, "--out", f.name, "--frames", str(args.frames),
                "--threads", str(args.threads), "--cores", str(args.cores), "--artifact", str(args.artifact),
-               "--source", args.source]
+               "--source", args.source] + (["--no-spin"] if args.no_spin else [])
         for k, v in extra.items():
             cmd += [f"--{k}", str(v)]
         subprocess.run(cmd, check=True, cwd=REPO)
@@ -419,9 +501,19 @@ def print_report(result: dict, console) -> None:
                   "edge's pipeline (up to the spool) per second. A real cloud on the same CPUs slows both.")
     console.print("head CPU: bare's; other: the agent's CPU less bare's head and the stages above (gRPC, the link, "
                   "queues, onnxruntime spinning); send: from the link taking a frame off the spool to its result")
+    th = Table(title="CPU ms per frame by thread (from /proc): where the agent's CPU goes")
+    th.add_column("threads")
+    th.add_column("bare", justify="right")
+    for m in modes:
+        th.add_column(m, justify="right")
+    groups = sorted({g for m in ["bare", *modes] for g in result[m].get("thread_cpu_ms_per_frame", {})})
+    for g in groups:
+        th.add_row(g, *[f"{result[m]['thread_cpu_ms_per_frame'].get(g, 0.0):.1f}" for m in ["bare", *modes]])
+    console.print(th)
     rows = result.get("sweep", {}).get("rows")
     if rows:
-        w = Table(title=f"head alone by cut and input size (bare onnxruntime, {result['threads']} threads)")
+        w = Table(title=f"head alone by cut and input size (bare onnxruntime, {result['threads']} threads, median "
+                        f"of {result['sweep']['frames_each']} runs; quantizer left out)")
         for col in ("cut", "input", "ms/frame", "fps", ">= 30 fps"):
             w.add_column(col, justify="right")
         for r in rows:
@@ -446,6 +538,8 @@ def main() -> None:
     parser.add_argument("--source", default=str(DEMO_CLIP), help="video file or folder of frames (e.g. a Ped2 video)")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "edge.json")
     parser.add_argument("--repeat", type=int, default=1, help="runs per mode, interleaved; the median is reported")
+    parser.add_argument("--no-spin", action="store_true", help="onnxruntime intra-op threads sleep instead of "
+                        "spin-waiting, in every mode (an experiment: the edge does not do this)")
     parser.add_argument("--no-cloud", action="store_true", help="skip the run against a real cloud")
     parser.add_argument("--no-sweep", action="store_true", help="skip the head sweep over cuts and input sizes")
     parser.add_argument("--worker", choices=("bare", "agent", "sweep"), help=argparse.SUPPRESS)
@@ -463,13 +557,13 @@ def main() -> None:
     from bench.common import git_revision, machine_info, progress
     from infocut.artifact import load_artifact
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 130)
     art = load_artifact(args.artifact)
     m = art.manifest
     desc = f"{m['model']['name']} cut at {m['cut']['name']}, {art.input_size[0]}x{art.input_size[1]}, " \
            f"{art.bits} bits, {art.coder}"
     result = {"artifact": str(args.artifact), "artifact_id": art.id, "artifact_desc": desc, "source": args.source,
-              "frames": args.frames, "threads": args.threads, "cores": args.cores, "repeat": args.repeat, "git": git_revision(),
+              "frames": args.frames, "threads": args.threads, "cores": args.cores, "repeat": args.repeat, "ort_spinning": not args.no_spin, "git": git_revision(),
               "machine": machine_info(args.threads), "command": " ".join(sys.argv), "loadavg_start": os.getloadavg(),
               "overhead_definition": "bare fps / pipeline fps - 1 (the pipeline's extra time per frame); "
                                      "cpu overhead: pipeline CPU s per frame / bare CPU s per frame - 1"}
@@ -481,6 +575,7 @@ def main() -> None:
             for mode in modes:
                 bar.update(task, description=f"edge bench: {mode} ({r + 1}/{args.repeat})")
                 runs[mode].append(run_mode(args, mode))
+                bar.console.print(f"{mode} run {r + 1}: {runs[mode][-1]['fps']:.1f} fps")
                 bar.advance(task)
         if not args.no_sweep:
             bar.update(task, description="edge bench: sweep")
