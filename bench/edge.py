@@ -1,23 +1,31 @@
 """The edge's throughput: the real agent's full pipeline against bare onnxruntime on the same head and frames.
 
 What is timed, each in its own process pinned to `--cores` CPUs (2 by default: the issue's target is
-30 fps and at most 10% overhead on 2 cores), with onnxruntime's intra-op threads set to `--threads`:
+30 fps and at most 10% overhead on 2 cores), with onnxruntime's intra-op threads set to `--threads`
+(2 by default) in every mode:
 
 - bare:   head.onnx alone in onnxruntime, batch 1, on frames decoded and preprocessed beforehand;
 - sink:   the edge agent (edge/agent.py: capture -> preprocess -> head -> encode -> spool -> gRPC), sending
-          over loopback to a sink that acks each frame at once: the edge alone;
-- cloud:  the same agent sending to a real `infocut cloud` on loopback (decode, tail, SQLite), which
-          shares the machine's cores with the edge when the edge's cores are all there are.
+          over loopback to a sink process that acks each frame at once: the edge alone;
+- cloud:  the same agent sending to a real `infocut cloud` on loopback (decode, tail, SQLite); the cloud
+          is not pinned, but on a 2-core machine it shares the edge's cores and slows it.
 
-Overhead is the pipeline's extra time per frame over bare: bare fps / pipeline fps - 1. Per-stage
-times are the agent's own calls, timed in place (the stages run in parallel threads, so they do not
-add up to the frame period); send is the time from the link taking a frame off the spool to the
-cloud's result. Peak RSS is each process's own (getrusage). Then `--sweep` times the head alone,
-cut at earlier stages and at smaller inputs (subgraphs of head.onnx, quantizer left out), to show
-where 30 fps is reached.
+Overhead is the pipeline's extra time per frame over bare (bare fps / pipeline fps - 1), and its extra
+CPU per frame (pipeline CPU / bare CPU - 1). Per-stage wall and CPU times are the agent's own calls,
+timed in place (the stages run in parallel threads, so they do not add up to the frame period); send
+is the time from the link taking a frame off the spool to the cloud's result. CPU per thread comes
+from /proc (onnxruntime's pool, the head thread, encode, capture, gRPC). Peak RSS is each process's
+own (getrusage). `--repeat R` interleaves R runs of each mode and keeps the median. Then the sweep
+times the head alone, cut at earlier stages and at smaller inputs (subgraphs of head.onnx, quantizer
+left out), to show where 30 fps is reached.
 
-    python bench/edge.py                          # bundled clip, demo artifact; writes bench/results/edge.json
-    python bench/edge.py --frames 180 --threads 2 --cores 2 --artifact artifacts/demo --source DIR --json PATH
+On a machine shared with other work the wall figures swing (the load average is printed and kept in
+the JSON); the CPU figures hold up better. `--no-spin` turns onnxruntime's spin-waiting off in every
+mode (an experiment: the agent does not do this).
+
+    python bench/edge.py                     # bundled clip, demo artifact: about a minute on 2 idle cores
+    python bench/edge.py --frames 180 --repeat 3 --threads 2 --cores 2 --artifact artifacts/demo
+    python bench/edge.py --source ../shared/data/ucsd_ped2/testing/frames/01 --json /tmp/edge-ped2.json
 """
 
 from __future__ import annotations
