@@ -347,13 +347,14 @@ def sweep(args) -> dict:
                 frames, _, _ = load_frames(args.source, (h, w), 4)
                 for f in frames[:2]:
                     sess.run(None, {"image": f[None]})
-                times = []
+                times, cpu0 = [], cpu_s()
                 for i in range(SWEEP_FRAMES):
                     t0 = time.perf_counter()
                     sess.run(None, {"image": frames[i % len(frames)][None]})
                     times.append(time.perf_counter() - t0)
                 ms = 1e3 * float(np.median(times))  # the median: a busy machine's bursts hit a few runs
-                rows.append({"cut": cut, "height": h, "width": w, "ms_per_frame": ms, "fps": 1e3 / ms})
+                rows.append({"cut": cut, "height": h, "width": w, "ms_per_frame": ms, "fps": 1e3 / ms,
+                             "cpu_ms_per_frame": 1e3 * (cpu_s() - cpu0) / SWEEP_FRAMES})
     return {"frames_each": SWEEP_FRAMES, "rows": rows}
 
 
@@ -522,11 +523,11 @@ def print_report(result: dict, console) -> None:
     if rows:
         w = Table(title=f"head alone by cut and input size (bare onnxruntime, {result['threads']} threads, median "
                         f"of {result['sweep']['frames_each']} runs; quantizer left out)")
-        for col in ("cut", "input", "ms/frame", "fps", ">= 30 fps"):
+        for col in ("cut", "input", "ms/frame", "fps", ">= 30 fps", "CPU ms/frame"):
             w.add_column(col, justify="right")
         for r in rows:
             w.add_row(r["cut"], f"{r['height']}x{r['width']}", f"{r['ms_per_frame']:.1f}", f"{r['fps']:.1f}",
-                      "yes" if r["fps"] >= 30 else "no")
+                      "yes" if r["fps"] >= 30 else "no", f"{r['cpu_ms_per_frame']:.1f}")
         console.print(w)
     for mode in ("bare", "sink", "cloud"):
         if len(result.get(mode, {}).get("fps_runs", [])) > 1:
