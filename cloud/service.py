@@ -163,7 +163,8 @@ class IngestService(pb_grpc.IngestServicer):
     def decode(self, data: bytes, camera_id: str, seq: int) -> DecodedFrame:
         """The cloud's whole decode path for one frame of a camera, alone (tests/test_fuzz.py feeds it
         hostile bytes): a frame this artifact's tail can take, or CodecError (MissingReference included)."""
-        decoded = decode_frame(data, self.models, self.references.lookup(camera_id, seq))
+        want = [(1, *shape) for shape in self.artifact.cut_shapes]  # checked before any payload is decoded
+        decoded = decode_frame(data, self.models, self.references.lookup(camera_id, seq), expect_shapes=want)
         self._check(decoded)
         return decoded
 
