@@ -183,7 +183,7 @@ def thread_group(name: str) -> str:
 
 def bare(args) -> dict:
     """head.onnx in a plain onnxruntime session on preprocessed frames; also each stage's cost run alone."""
-    from codec import encode_frame
+    from codec.stream import StreamEncoder
     from infocut.artifact import load_artifact
 
     art = load_artifact(args.artifact)
@@ -200,10 +200,10 @@ def bare(args) -> dict:
             codes.append(sess.run(art.cut_names, {"image": f[None]}))
             times.append(time.perf_counter() - t)
         wall, cpu = time.perf_counter() - t0, cpu_s() - cpu0
-    enc = []
+    enc, stream = [], StreamEncoder(art.bits, art.coder, art.entropy_models, art.key_interval)  # as the agent codes
     for c in codes[: len(frames)]:
         t = time.perf_counter()
-        data = encode_frame(c, art.bits, art.coder)
+        data = stream.encode(c, len(enc))
         enc.append((time.perf_counter() - t, len(data)))
     return {
         "frames": args.frames, "distinct_frames": len(frames), "wall_s": wall, "fps": args.frames / wall,
@@ -285,7 +285,7 @@ def agent(args) -> dict:
             cam.head(dummy)
         agent_mod.open_source = timed_source
         agent_mod.to_input = timers.wrap("preprocess", agent_mod.to_input)
-        agent_mod.encode_frame = timers.wrap("encode", agent_mod.encode_frame)
+        cam.encoder.encode = timers.wrap("encode", cam.encoder.encode)
         cam.head = timers.wrap("head", cam.head)
         spooled_at = [0.0]
         append = timers.wrap("spool", cam.spool.append)
