@@ -20,7 +20,7 @@ from cloud import metrics
 from cloud.auth import Auth
 from cloud.store import Store
 from cloud.tail import CameraHistory, Tail
-from codec import CodecError, MissingReference, decode_frame
+from codec import CodecError, DecodedFrame, MissingReference, decode_frame
 from codec.stream import References, pack_codes, unpack_codes
 from infocut.artifact import Artifact
 from protos import infocut_pb2 as pb
@@ -147,8 +147,7 @@ class IngestService(pb_grpc.IngestServicer):
         if stored is not None:
             metrics.DUPLICATES.labels(camera_id=frame.camera_id).inc()
             return result(frame, score=stored[0], is_anomaly=stored[1], duplicate=True)
-        decoded = decode_frame(frame.tensor, self.models, self.references.lookup(frame.camera_id, frame.seq))
-        self._check(decoded)
+        decoded = self.decode(frame.tensor, frame.camera_id, frame.seq)
         t0 = time.perf_counter()
         scored = self.tail(decoded.tensors, self.history.previous(frame.camera_id, frame.seq))
         metrics.TAIL_SECONDS.observe(time.perf_counter() - t0)
@@ -187,7 +186,15 @@ class IngestService(pb_grpc.IngestServicer):
             log.warning("camera %s: stored reference unreadable; waiting for a key frame", camera_id)
             return None
 
-    def _check(self, decoded) -> None:
+    def decode(self, data: bytes, camera_id: str, seq: int) -> DecodedFrame:
+        """The cloud's whole decode path for one frame of a camera, alone (tests/test_fuzz.py feeds it
+        hostile bytes): a frame this artifact's tail can take, or CodecError (MissingReference included)."""
+        want = [(1, *shape) for shape in self.artifact.cut_shapes]  # checked before any payload is decoded
+        decoded = decode_frame(data, self.models, self.references.lookup(camera_id, seq), expect_shapes=want)
+        self._check(decoded)
+        return decoded
+
+    def _check(self, decoded: DecodedFrame) -> None:
         """The frame must be what this artifact's head produces: one frame, the cut's shapes and bits."""
         want = [(1, *shape) for shape in self.artifact.cut_shapes]
         shapes = [tuple(t.shape) for t in decoded.tensors]

@@ -122,10 +122,13 @@ def _need(data: bytes, end: int, what: str) -> None:
 def decode_frame(
     data: bytes, models: Sequence[EntropyModel] | None = None,
     reference: Callable[[int], list[np.ndarray] | None] | None = None,
+    expect_shapes: Sequence[tuple[int, ...]] | None = None,
 ) -> DecodedFrame:
     """Check structure, then CRC, then meaning; every failure is a CodecError saying which.
     `models`: the artifact's entropy models (coders that need them); `reference(ref_distance)`: the
-    codes of the frame that many seqs back, or None when not held (then MissingReference)."""
+    codes of the frame that many seqs back, or None when not held (then MissingReference); `expect_shapes`:
+    the only tensor shapes the receiver takes, checked before any payload is decoded (an ANS payload
+    of a few bytes can claim 2**28 codes and cost seconds to decode)."""
     data = bytes(data)
     _need(data, _HEADER.size, "the header")
     magic, version, flags, coder_id, bits, n_tensors = _HEADER.unpack_from(data)
@@ -164,6 +167,8 @@ def decode_frame(
         raise CodecError(f"CRC32 mismatch: frame corrupted (stored {stored:#010x}, computed {computed:#010x})")
     if n_tensors == 0:
         raise CodecError("frame carries no tensors")
+    if expect_shapes is not None and [tuple(s) for s in expect_shapes] != shapes:
+        raise CodecError(f"wrong shape: frame carries {shapes}, expected {[tuple(s) for s in expect_shapes]}")
     coder = get_coder(coder_id)
     check_bits(bits)
     refs = None
@@ -179,8 +184,9 @@ def decode_frame(
     for i, (dtype, shape, length) in enumerate(zip(dtypes, shapes, lengths)):
         if dtype != DTYPE_UINT8:
             raise CodecError(f"tensor {i} has unknown dtype code {dtype} (only 0 = uint8)")
-        if math.prod(shape) > MAX_ELEMENTS:
-            raise CodecError(f"tensor {i} shape {shape} has more than {MAX_ELEMENTS} elements")
+        # Zeros aside too: numpy cannot even describe an empty array whose other dims multiply past intp.
+        if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+            raise CodecError(f"tensor {i} shape {shape} has more than {MAX_ELEMENTS} elements (zero dims aside)")
         try:
             tensors.append(coder.decode(data[pos : pos + length], shape, bits, **kw[i]))
         except CodecError as e:

@@ -250,6 +250,15 @@ def test_hostile_dims_with_valid_crc_are_refused_without_allocating():
         decode_frame(wrong)
 
 
+@pytest.mark.parametrize("coder", CODERS)
+def test_empty_tensor_with_huge_dims_is_a_codec_error(coder):
+    """Found by tests/test_fuzz.py: 0 elements passed the size check, then numpy refused the shape itself."""
+    frame = encode_frame([np.zeros((0, 1, 1), np.uint8)], bits=1, coder=coder)
+    hostile = recrc(frame[:13] + struct.pack("<II", 0xFFFFFFFF, 0xFFFFFFFF) + frame[21:])
+    with pytest.raises(CodecError, match="more than"):
+        decode_frame(hostile)
+
+
 def test_encode_frame_refuses_bad_arguments():
     ok = np.zeros((2, 2), np.uint8)
     with pytest.raises(CodecError, match="1..255 tensors"):

@@ -1,0 +1,610 @@
+"""The edge's throughput: the real agent's full pipeline against bare onnxruntime on the same head and frames.
+
+What is timed, each in its own process pinned to `--cores` CPUs (2 by default: the issue's target is
+30 fps and at most 10% overhead on 2 cores), with onnxruntime's intra-op threads set to `--threads`
+(2 by default) in every mode:
+
+- bare:   head.onnx alone in onnxruntime, batch 1, on frames decoded and preprocessed beforehand;
+- sink:   the edge agent (edge/agent.py: capture -> preprocess -> head -> encode -> spool -> gRPC), sending
+          over loopback to a sink process that acks each frame at once: the edge alone;
+- cloud:  the same agent sending to a real `infocut cloud` on loopback (decode, tail, SQLite); the cloud
+          is not pinned, but on a 2-core machine it shares the edge's cores and slows it.
+
+Overhead is the pipeline's extra time per frame over bare (bare fps / pipeline fps - 1), and its extra
+CPU per frame (pipeline CPU / bare CPU - 1). Per-stage wall and CPU times are the agent's own calls,
+timed in place (the stages run in parallel threads, so they do not add up to the frame period); send
+is the time from the link taking a frame off the spool to the cloud's result. CPU per thread comes
+from /proc (onnxruntime's pool, the head thread, encode, capture, gRPC). Peak RSS is each process's
+own (getrusage). `--repeat R` interleaves R runs of each mode and keeps the median. Then the sweep
+times the head alone, cut at earlier stages and at smaller inputs (subgraphs of head.onnx, quantizer
+left out), to show where 30 fps is reached.
+
+On a machine shared with other work the wall figures swing (the load average is printed and kept in
+the JSON); the CPU figures hold up better. `--no-spin` turns onnxruntime's spin-waiting off in every
+mode (an experiment: the agent does not do this).
+
+    python bench/edge.py                     # bundled clip, demo artifact: about a minute on 2 idle cores
+    python bench/edge.py --frames 180 --repeat 3 --threads 2 --cores 2 --artifact artifacts/demo
+    python bench/edge.py --source ../shared/data/ucsd_ped2/testing/frames/01 --json /tmp/edge-ped2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np
+
+from infocut.settings import DEMO_ARTIFACT, DEMO_CLIP
+
+WARMUP = 3  # head runs before timing, in every mode (the first onnxruntime runs are slower)
+SWEEP_CUTS = {  # stage -> the tensor of head.onnx that ends it (MobileNetV2 as exported by splitter/)
+    "block2": "/head/Add_output_0",
+    "block3": "/head/project_3/Conv_output_0",
+    "block5": "/head/Add_2_output_0",
+}
+SWEEP_SIZES = [(240, 360), (360, 540), (480, 720)]  # Ped2's native size, 1.5x, the demo's 2x
+SWEEP_FRAMES = 15
+
+
+# ---------------------------------------------------------------- in the worker processes
+
+
+def pin(cores: int) -> list[int]:
+    """Run this process on the first `cores` CPUs it may use; the CPUs it runs on."""
+    if not hasattr(os, "sched_setaffinity"):
+        return []
+    cpus = sorted(os.sched_getaffinity(0))[:cores]
+    os.sched_setaffinity(0, cpus)
+    return cpus
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def load_frames(source: str, size: tuple[int, int], n: int) -> tuple[list[np.ndarray], list[float], list[float]]:
+    """The first `n` frames of `source`, preprocessed as the agent does; decode and preprocess s per frame."""
+    from edge.preprocess import to_input
+    from edge.source import open_source
+
+    frames, decode_s, prep_s = [], [], []
+    with open_source(source) as src:
+        it = iter(src)
+        while len(frames) < n:
+            t0 = time.perf_counter()
+            cap = next(it, None)
+            if cap is None:
+                break
+            t1 = time.perf_counter()
+            frames.append(to_input(cap.image, size))
+            decode_s.append(t1 - t0), prep_s.append(time.perf_counter() - t1)
+    return frames, decode_s, prep_s
+
+
+def ort_session(path, threads: int, spin: bool = True):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def no_spinning_in_edge() -> None:
+    """--no-spin: the agent's head session too, built with onnxruntime's spin-waiting off (an experiment)."""
+    import edge.head
+
+    def session(path, threads: int = 0, providers=None):
+        assert providers is None, "the experiment only covers the CPU provider"
+        return ort_session(path, threads, spin=False)
+
+    edge.head.session = session
+
+
+class ThreadCPU:
+    """CPU seconds of each thread of this process, from /proc, sampled until stopped (a thread that ends
+    keeps its last sample), grouped by what runs in it: where the pipeline's CPU goes, busy machine or not."""
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        self.every_s, self.last, self.stop = every_s, {}, threading.Event()
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.thread = threading.Thread(target=self._run, daemon=True, name="bench-cpu-sampler")
+
+    def _sample(self) -> None:
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+                comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            except OSError:
+                continue
+            utime, stime = stat.rsplit(")", 1)[1].split()[11:13]
+            self.last[int(tid)] = (names.get(int(tid)) or comm, (int(utime) + int(stime)) / self.tick)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            self._sample()
+
+    def __enter__(self) -> ThreadCPU:
+        self._sample()
+        self.start = dict(self.last)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._sample()
+
+    def by_group(self, main_label: str) -> dict[str, float]:
+        """CPU seconds during the run per group of threads."""
+        out: dict[str, float] = defaultdict(float)
+        main = threading.main_thread().native_id
+        for tid, (name, cpu) in self.last.items():
+            out[main_label if tid == main else thread_group(name)] += cpu - self.start.get(tid, (name, 0.0))[1]
+        return dict(out)
+
+
+def thread_group(name: str) -> str:
+    for key, group in (("_infer", "head thread (preprocess + onnxruntime caller)"), ("<lambda>", "capture thread"),
+                       ("_encode", "encode thread (encode + spool)"), ("bench-cpu", "this sampler"),
+                       ("(_report)", "reporter"),
+                       ("grpc", "gRPC (C threads)"), ("default-exec", "gRPC (C threads)"),
+                       ("resolver", "gRPC (C threads)"), ("event_engine", "gRPC (C threads)"),
+                       ("Thread-", "other Python threads (gRPC request iterator)"),
+                       ("av:", "video decoding (FFmpeg's threads)")):
+        if key in name:
+            return group
+    if name.startswith("python"):  # native threads that inherit the process name
+        return "onnxruntime intra-op pool (and OpenCV's)"
+    return f"other native ({name})"
+
+
+def bare(args) -> dict:
+    """head.onnx in a plain onnxruntime session on preprocessed frames; also each stage's cost run alone."""
+    from codec.stream import StreamEncoder
+    from infocut.artifact import load_artifact
+
+    art = load_artifact(args.artifact)
+    frames, decode_s, prep_s = load_frames(args.source, art.input_size, min(args.frames, 32))
+    sess = ort_session(art.head_path, args.threads, spin=not args.no_spin)
+    for f in frames[:WARMUP]:
+        sess.run(None, {"image": f[None]})
+    order = [frames[i % len(frames)] for i in range(args.frames)]  # a few distinct frames, cycled: modest RSS
+    times, codes = [], []
+    with ThreadCPU() as threads:
+        cpu0, t0 = cpu_s(), time.perf_counter()
+        for f in order:
+            t = time.perf_counter()
+            codes.append(sess.run(art.cut_names, {"image": f[None]}))
+            times.append(time.perf_counter() - t)
+        wall, cpu = time.perf_counter() - t0, cpu_s() - cpu0
+    enc, stream = [], StreamEncoder(art.bits, art.coder, art.entropy_models, art.key_interval)  # as the agent codes
+    for c in codes[: len(frames)]:
+        t = time.perf_counter()
+        data = stream.encode(c, len(enc))
+        enc.append((time.perf_counter() - t, len(data)))
+    return {
+        "frames": args.frames, "distinct_frames": len(frames), "wall_s": wall, "fps": args.frames / wall,
+        "ms_per_frame": 1e3 * wall / args.frames, "head_ms_p50": 1e3 * float(np.median(times)),
+        "cpu_s_per_frame": cpu / args.frames, "peak_rss_mb": peak_rss_mb(),
+        "alone_ms_p50": {"capture": 1e3 * float(np.median(decode_s)), "preprocess": 1e3 * float(np.median(prep_s)),
+                         "head": 1e3 * float(np.median(times)), "encode": 1e3 * float(np.median([e[0] for e in enc]))},
+        "bytes_per_frame": float(np.mean([e[1] for e in enc])),
+        "thread_cpu_ms_per_frame": {k: 1e3 * v / args.frames
+                                    for k, v in threads.by_group("main (onnxruntime caller)").items()},
+    }
+
+
+class StageTimes:
+    """Wall time and the calling thread's CPU time of each call of the agent's stage functions, wrapped in
+    place. CPU time holds up on a busy machine where wall time does not (onnxruntime's own pool threads
+    are not the caller's: the head's CPU is the process's minus the rest)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, list[float]] = defaultdict(list)
+        self.cpu: dict[str, float] = defaultdict(float)
+        self.lock = threading.Lock()
+
+    def wrap(self, stage: str, fn):
+        def timed(*a, **kw):
+            t0, c0 = time.perf_counter(), time.thread_time()
+            try:
+                return fn(*a, **kw)
+            finally:
+                dt, dc = time.perf_counter() - t0, time.thread_time() - c0
+                with self.lock:
+                    self.wall[stage].append(dt)
+                    self.cpu[stage] += dc
+
+        return timed
+
+
+def agent(args) -> dict:
+    """The real edge agent, one camera, lossless (no frame dropped), to the cloud at `args.cloud`."""
+    import logging
+
+    from edge import agent as agent_mod
+    from edge.config import EdgeConfig
+
+    logging.basicConfig(level=logging.WARNING)
+    if args.no_spin:
+        no_spinning_in_edge()
+    spool = Path(tempfile.mkdtemp(prefix="edge-bench-spool-"))
+    try:
+        cfg = EdgeConfig(artifact=args.artifact, cloud=args.cloud, spool={"dir": spool},
+                         cameras=[{"id": "bench", "source": args.source, "max_frames": args.frames,
+                                   "threads": args.threads, "policy": "lossless"}])
+        cam = agent_mod.Camera(cfg.cameras[0], cfg.backoff_s)
+        timers = StageTimes()
+        open_source = agent_mod.open_source
+
+        def timed_source(spec):
+            src = open_source(spec)
+            src._next_frame = timers.wrap("capture", src._next_frame)
+            return src
+
+        sent_at: dict[int, float] = {}
+        send_s: list[float] = []
+        spool_next, spool_ack = cam.spool.next, cam.spool.ack
+
+        def next_(*a, **kw):
+            rec = spool_next(*a, **kw)
+            if rec is not None:
+                sent_at[rec.seq] = time.perf_counter()
+            return rec
+
+        def ack(seq):
+            if seq in sent_at:
+                send_s.append(time.perf_counter() - sent_at.pop(seq))
+            return spool_ack(seq)
+
+        dummy = np.zeros((1, *cam.artifact.input_size, 3), np.uint8)
+        for _ in range(WARMUP):
+            cam.head(dummy)
+        agent_mod.open_source = timed_source
+        agent_mod.to_input = timers.wrap("preprocess", agent_mod.to_input)
+        cam.encoder.encode = timers.wrap("encode", cam.encoder.encode)
+        cam.head = timers.wrap("head", cam.head)
+        spooled_at = [0.0]
+        append = timers.wrap("spool", cam.spool.append)
+
+        def append_(*a, **kw):
+            try:
+                return append(*a, **kw)
+            finally:
+                spooled_at[0] = time.perf_counter()
+
+        cam.spool.append = append_
+        cam.spool.next, cam.spool.ack = next_, ack
+        with ThreadCPU() as threads:
+            cpu0, t0 = cpu_s(), time.perf_counter()
+            stats = cam.run()
+            wall, cpu = time.perf_counter() - t0, cpu_s() - cpu0
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    n = stats.acked
+    stages = {k: 1e3 * float(np.median(v)) for k, v in timers.wall.items()}
+    stages["send"] = 1e3 * float(np.median(send_s)) if send_s else float("nan")
+    stage_cpu = {k: 1e3 * v / max(n, 1) for k, v in timers.cpu.items() if k != "head"}
+    return {
+        "stage_cpu_ms_per_frame": stage_cpu,
+        "thread_cpu_ms_per_frame": {k: 1e3 * v / max(n, 1)
+                                    for k, v in threads.by_group("main (the link: gRPC stream)").items()},
+        "frames": n, "captured": stats.captured, "rejected": stats.rejected, "dropped": sum(stats.dropped.values()),
+        "wall_s": wall, "fps": n / wall, "edge_fps": n / (spooled_at[0] - t0), "ms_per_frame": 1e3 * wall / max(n, 1), "cpu_s_per_frame": cpu / max(n, 1),
+        "peak_rss_mb": peak_rss_mb(), "bytes_per_frame": stats.encoded_bytes / max(stats.captured, 1),
+        "stage_ms_p50": stages,
+    }
+
+
+def sweep(args) -> dict:
+    """The head alone at earlier cuts and smaller inputs: subgraphs of head.onnx with free height and width."""
+    try:
+        import onnx
+        from onnx.utils import Extractor
+    except ImportError:
+        return {"skipped": "needs the onnx package (pip install 'infocut[splitter]')"}
+    from infocut.artifact import load_artifact
+
+    art = load_artifact(args.artifact)
+    model = onnx.load(str(art.head_path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim  # NHWC: free height and width, then shapes follow
+    dims[1].dim_param, dims[2].dim_param = "height", "width"
+    model = onnx.shape_inference.infer_shapes(model)
+    names = {o for node in model.graph.node for o in node.output}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for cut, tensor in SWEEP_CUTS.items():
+            if tensor not in names:
+                continue
+            sub = Extractor(model).extract_model(["image"], [tensor])
+            path = Path(tmp) / f"{cut}.onnx"
+            onnx.save(sub, str(path))
+            sess = ort_session(path, args.threads, spin=not args.no_spin)
+            for h, w in SWEEP_SIZES:
+                frames, _, _ = load_frames(args.source, (h, w), 4)
+                for f in frames[:2]:
+                    sess.run(None, {"image": f[None]})
+                times, cpu0 = [], cpu_s()
+                for i in range(SWEEP_FRAMES):
+                    t0 = time.perf_counter()
+                    sess.run(None, {"image": frames[i % len(frames)][None]})
+                    times.append(time.perf_counter() - t0)
+                ms = 1e3 * float(np.median(times))  # the median: a busy machine's bursts hit a few runs
+                rows.append({"cut": cut, "height": h, "width": w, "ms_per_frame": ms, "fps": 1e3 / ms,
+                             "cpu_ms_per_frame": 1e3 * (cpu_s() - cpu0) / SWEEP_FRAMES})
+    return {"frames_each": SWEEP_FRAMES, "rows": rows}
+
+
+def serve_sink(args) -> None:
+    """A gRPC cloud that acks each frame as it comes, without decoding it: what the edge costs alone."""
+    from concurrent import futures
+
+    import grpc
+
+    from infocut.artifact import load_artifact
+    from protos import infocut_pb2 as pb
+    from protos import infocut_pb2_grpc as pb_grpc
+
+    artifact_id = load_artifact(args.artifact).id
+
+    class Sink(pb_grpc.IngestServicer):
+        def Handshake(self, request, context):
+            return pb.HandshakeReply(artifact_id=artifact_id, last_seq=-1)
+
+        def Stream(self, request_iterator, context):
+            for frame in request_iterator:
+                yield pb.FrameResult(camera_id=frame.camera_id, seq=frame.seq, status=pb.Status(code=0))
+
+    server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.max_receive_message_length", 64 << 20)])
+    pb_grpc.add_IngestServicer_to_server(Sink(), server)
+    server.add_insecure_port(f"127.0.0.1:{args.serve_sink}")
+    server.start()
+    server.wait_for_termination()
+
+
+def worker(args) -> None:
+    args.cpus = pin(args.cores)
+    out = {"bare": bare, "agent": agent, "sweep": sweep}[args.worker](args)
+    out["cpus"] = args.cpus
+    Path(args.out).write_text(json.dumps(out))
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_worker(args, mode: str, **extra) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        cmd = [sys.executable, __file__, "--worker", mode, "--out", f.name, "--frames", str(args.frames),
+               "--threads", str(args.threads), "--cores", str(args.cores), "--artifact", str(args.artifact),
+               "--source", args.source] + (["--no-spin"] if args.no_spin else [])
+        for k, v in extra.items():
+            cmd += [f"--{k}", str(v)]
+        subprocess.run(cmd, check=True, cwd=REPO)
+        return json.loads(Path(f.name).read_text())
+
+
+def wait_grpc(address: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    import grpc
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with grpc.insecure_channel(address) as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=1)
+                return
+            except grpc.FutureTimeoutError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no server on {address} after {timeout:.0f} s") from None
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], address: str):
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_grpc(address, proc)
+        except RuntimeError:
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace")[-4000:])
+            raise
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def run_mode(args, mode: str) -> dict:
+    """One timed run: bare onnxruntime, or the agent against a fresh sink or cloud."""
+    if mode == "bare":
+        return run_worker(args, "bare")
+    port = free_port()
+    if mode == "sink":
+        with server([sys.executable, __file__, "--serve-sink", str(port), "--artifact", str(args.artifact)],
+                    f"127.0.0.1:{port}"):
+            return run_worker(args, "agent", cloud=f"127.0.0.1:{port}")
+    with tempfile.TemporaryDirectory() as tmp, server(
+            [sys.executable, "-m", "infocut", "cloud", "--artifact", str(args.artifact), "--grpc-port", str(port),
+             "--http-port", str(free_port()), "--host", "127.0.0.1", "--db", f"sqlite:///{tmp}/cloud.db"],
+            f"127.0.0.1:{port}"):
+        return run_worker(args, "agent", cloud=f"127.0.0.1:{port}")
+
+
+def print_report(result: dict, console) -> None:
+    from rich.table import Table
+
+    bare_ = result["bare"]
+    t = Table(title=f"edge throughput: {result['artifact_desc']}, {result['frames']} frames, "
+                    f"{result['threads']} onnxruntime threads, pinned to {len(bare_['cpus'])} CPUs")
+    for col in ("mode", "fps", "spooled fps", "ms/frame", "overhead", "CPU ms/f", "CPU overhead", "RSS MB",
+                "B/frame"):
+        t.add_column(col, justify="left" if col == "mode" else "right")
+    t.add_row("bare ORT", f"{bare_['fps']:.1f}", "", f"{bare_['ms_per_frame']:.1f}", "",
+              f"{1e3 * bare_['cpu_s_per_frame']:.1f}", "", f"{bare_['peak_rss_mb']:.0f}", "")
+    modes = [m for m in ("sink", "cloud") if result.get(m)]
+    for mode in modes:
+        r = result[mode]
+        t.add_row(f"agent>{mode}", f"{r['fps']:.1f}", f"{r['edge_fps']:.1f}", f"{r['ms_per_frame']:.1f}", f"{r['overhead_pct']:+.1f}%",
+                  f"{1e3 * r['cpu_s_per_frame']:.1f}", f"{r['cpu_overhead_pct']:+.1f}%", f"{r['peak_rss_mb']:.0f}",
+                  f"{r['bytes_per_frame']:,.0f}")
+    console.print(t)
+    s = Table(title="ms per frame by stage: wall (median) in the agent's threads, the agent's CPU, and wall "
+                    "with each stage run alone")
+    s.add_column("stage")
+    for m in modes:
+        s.add_column(f"{m} wall", justify="right")
+        s.add_column(f"{m} CPU", justify="right")
+    s.add_column("alone", justify="right")
+    for stage in ("capture", "preprocess", "head", "encode", "spool", "send", "other"):
+        cells = []
+        for m in modes:
+            r = result[m]
+            cpu = r["stage_cpu_ms_per_frame"].get(stage)
+            if stage == "head":
+                cpu = 1e3 * bare_["cpu_s_per_frame"]
+            if stage == "other":  # what is left of the agent's CPU: gRPC, the link, queues, onnxruntime spinning
+                cpu = 1e3 * (r["cpu_s_per_frame"] - bare_["cpu_s_per_frame"]) - sum(r["stage_cpu_ms_per_frame"].values())
+            wall = r["stage_ms_p50"].get(stage)
+            cells += ["" if wall is None else f"{wall:.1f}", "" if cpu is None else f"{cpu:.1f}"]
+        alone = bare_["alone_ms_p50"].get(stage)
+        s.add_row(stage, *cells, "" if alone is None else f"{alone:.1f}")
+    console.print(s)
+    console.print("fps: frames acked by the cloud per second of the agent's run; spooled fps: frames through the "
+                  "edge's pipeline (up to the spool) per second. A real cloud on the same CPUs slows both.")
+    console.print("head CPU: bare's; other: the agent's CPU less bare's head and the stages above (gRPC, the link, "
+                  "queues, onnxruntime spinning); send: from the link taking a frame off the spool to its result")
+    th = Table(title="CPU ms per frame by thread (from /proc): where the agent's CPU goes")
+    th.add_column("threads")
+    th.add_column("bare", justify="right")
+    for m in modes:
+        th.add_column(m, justify="right")
+    groups = sorted({g for m in ["bare", *modes] for g in result[m].get("thread_cpu_ms_per_frame", {})})
+    for g in groups:
+        th.add_row(g, *[f"{result[m]['thread_cpu_ms_per_frame'].get(g, 0.0):.1f}" for m in ["bare", *modes]])
+    console.print(th)
+    rows = result.get("sweep", {}).get("rows")
+    if rows:
+        w = Table(title=f"head alone by cut and input size (bare onnxruntime, {result['threads']} threads, median "
+                        f"of {result['sweep']['frames_each']} runs; quantizer left out)")
+        for col in ("cut", "input", "ms/frame", "fps", ">= 30 fps", "CPU ms/frame"):
+            w.add_column(col, justify="right")
+        for r in rows:
+            w.add_row(r["cut"], f"{r['height']}x{r['width']}", f"{r['ms_per_frame']:.1f}", f"{r['fps']:.1f}",
+                      "yes" if r["fps"] >= 30 else "no", f"{r['cpu_ms_per_frame']:.1f}")
+        console.print(w)
+    for mode in ("bare", "sink", "cloud"):
+        if len(result.get(mode, {}).get("fps_runs", [])) > 1:
+            console.print(f"{mode} fps per run: {', '.join(f'{x:.1f}' for x in result[mode]['fps_runs'])}")
+    load = ", ".join(f"{x:.1f}" for x in result["loadavg_start"]) + " -> " + ", ".join(
+        f"{x:.1f}" for x in result["loadavg_end"])
+    console.print(f"load average (1, 5, 15 min) {load} on {os.cpu_count()} CPUs; this bench alone keeps about "
+                  f"{result['cores']} busy, more means other work shared the CPUs and the figures are contended")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=180, help="frames per run (the bundled clip has 180)")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads, in every mode")
+    parser.add_argument("--cores", type=int, default=2, help="pin the edge's processes to this many CPUs")
+    parser.add_argument("--artifact", type=Path, default=DEMO_ARTIFACT)
+    parser.add_argument("--source", default=str(DEMO_CLIP), help="video file or folder of frames (e.g. a Ped2 video)")
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "edge.json")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per mode, interleaved; the median is reported")
+    parser.add_argument("--no-spin", action="store_true", help="onnxruntime intra-op threads sleep instead of "
+                        "spin-waiting, in every mode (an experiment: the edge does not do this)")
+    parser.add_argument("--no-cloud", action="store_true", help="skip the run against a real cloud")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the head sweep over cuts and input sizes")
+    parser.add_argument("--worker", choices=("bare", "agent", "sweep"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--cloud", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_sink:
+        return serve_sink(args)
+    if args.worker:
+        return worker(args)
+
+    from rich.console import Console
+
+    from bench.common import git_revision, machine_info, progress
+    from infocut.artifact import load_artifact
+
+    console = Console(width=None if sys.stdout.isatty() else 130)
+    art = load_artifact(args.artifact)
+    m = art.manifest
+    desc = f"{m['model']['name']} cut at {m['cut']['name']}, {art.input_size[0]}x{art.input_size[1]}, " \
+           f"{art.bits} bits, {art.coder}"
+    result = {"artifact": str(args.artifact), "artifact_id": art.id, "artifact_desc": desc, "source": args.source,
+              "frames": args.frames, "threads": args.threads, "cores": args.cores, "repeat": args.repeat, "ort_spinning": not args.no_spin, "git": git_revision(),
+              "machine": machine_info(args.threads), "command": " ".join(sys.argv), "loadavg_start": os.getloadavg(),
+              "overhead_definition": "bare fps / pipeline fps - 1 (the pipeline's extra time per frame); "
+                                     "cpu overhead: pipeline CPU s per frame / bare CPU s per frame - 1"}
+    modes = ["bare", "sink"] + ([] if args.no_cloud else ["cloud"])
+    runs: dict[str, list[dict]] = defaultdict(list)
+    with progress(console) as bar:
+        task = bar.add_task("edge bench", total=args.repeat * len(modes) + (not args.no_sweep))
+        for r in range(args.repeat):  # the modes interleaved, so a busy machine's drift hits them alike
+            for mode in modes:
+                bar.update(task, description=f"edge bench: {mode} ({r + 1}/{args.repeat})")
+                runs[mode].append(run_mode(args, mode))
+                bar.console.print(f"{mode} run {r + 1}: {runs[mode][-1]['fps']:.1f} fps")
+                bar.advance(task)
+        if not args.no_sweep:
+            bar.update(task, description="edge bench: sweep")
+            result["sweep"] = run_worker(args, "sweep")
+            bar.advance(task)
+    for mode, rs in runs.items():  # the run with the median fps stands for the mode; every run's fps is kept
+        result[mode] = dict(sorted(rs, key=lambda x: x["fps"])[len(rs) // 2], fps_runs=[x["fps"] for x in rs])
+        if mode != "bare":
+            result[mode]["overhead_pct"] = 100 * (result["bare"]["fps"] / result[mode]["fps"] - 1)
+            result[mode]["cpu_overhead_pct"] = 100 * (result[mode]["cpu_s_per_frame"] / result["bare"]["cpu_s_per_frame"]
+                                                      - 1)
+            if result[mode]["frames"] != result[mode]["captured"] or result[mode]["dropped"]:
+                console.print(f"[red]agent -> {mode}: {result[mode]['captured']} captured, "
+                              f"{result[mode]['frames']} acked, {result[mode]['dropped']} dropped[/red]")
+    result["loadavg_end"] = os.getloadavg()
+    print_report(result, console)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""bench/edge.py end to end on a few frames: it runs the real agent, accounts for every frame and compares
+like with like (the same frames, the same codes, so the same bytes as bare onnxruntime's)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from infocut.settings import REPO
+
+FRAMES = 4
+
+
+@pytest.mark.slow
+def test_edge_bench_runs_the_agent_and_accounts_for_every_frame(tmp_path):
+    out = tmp_path / "edge.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/edge.py", "--frames", str(FRAMES), "--no-cloud", "--no-sweep", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "agent>sink" in proc.stdout and "bare ORT" in proc.stdout
+    r = json.loads(out.read_text())
+    bare, sink = r["bare"], r["sink"]
+    assert (sink["frames"], sink["captured"], sink["rejected"], sink["dropped"]) == (FRAMES, FRAMES, 0, 0)
+    assert r["threads"] == 2 and len(bare["cpus"]) == len(sink["cpus"]) <= 2
+    # The same clip frames through the same head: the agent's frames cost what bare's encoded codes cost.
+    assert sink["bytes_per_frame"] == pytest.approx(bare["bytes_per_frame"], rel=0.01)
+    assert sink["overhead_pct"] == pytest.approx(100 * (bare["fps"] / sink["fps"] - 1))
+    assert set(sink["stage_ms_p50"]) == {"capture", "preprocess", "head", "encode", "spool", "send"}
+    assert all(v > 0 for v in sink["stage_ms_p50"].values())
+    threads = sink["thread_cpu_ms_per_frame"]  # clock ticks (10 ms): only the head's share is sure to show
+    assert threads["head thread (preprocess + onnxruntime caller)"] > threads.get("encode thread (encode + spool)", 0)
