@@ -260,14 +260,14 @@ def agent(args) -> dict:
         timers = StageTimes()
         open_source = agent_mod.open_source
 
-        def timed_source(spec):
-            src = open_source(spec)
+        def timed_source(*a, **kw):
+            src = open_source(*a, **kw)
             src._next_frame = timers.wrap("capture", src._next_frame)
             return src
 
         sent_at: dict[int, float] = {}
         send_s: list[float] = []
-        spool_next, spool_ack = cam.spool.next, cam.spool.ack
+        spool_next, spool_ack = cam.outbox.next, cam.outbox.ack
 
         def next_(*a, **kw):
             rec = spool_next(*a, **kw)
@@ -288,7 +288,7 @@ def agent(args) -> dict:
         cam.encoder.encode = timers.wrap("encode", cam.encoder.encode)
         cam.head = timers.wrap("head", cam.head)
         spooled_at = [0.0]
-        append = timers.wrap("spool", cam.spool.append)
+        append = timers.wrap("spool", cam.outbox.put)  # memory, or the disk spool when the link is behind
 
         def append_(*a, **kw):
             try:
@@ -296,8 +296,8 @@ def agent(args) -> dict:
             finally:
                 spooled_at[0] = time.perf_counter()
 
-        cam.spool.append = append_
-        cam.spool.next, cam.spool.ack = next_, ack
+        cam.outbox.put = append_
+        cam.outbox.next, cam.outbox.ack = next_, ack
         with ThreadCPU() as threads:
             cpu0, t0 = cpu_s(), time.perf_counter()
             stats = cam.run()

@@ -149,14 +149,16 @@ def test_plaintext_client_cannot_talk_to_a_tls_cloud(tls_cloud):
 def test_edge_without_tls_against_a_tls_cloud_says_so(tls_cloud, tmp_path):
     edge = subprocess.Popen(
         [sys.executable, "-m", "infocut", "edge", "--artifact", str(DEMO_ARTIFACT), "--source", str(CLIP),
-         "--cloud", tls_cloud["addr"], "--camera-id", "cam-a", "--spool", str(tmp_path / "spool"), "--max-frames", "1"],
+         # 127.0.0.1: "localhost" may try ::1 too, and gRPC then reports whichever address failed last
+         "--cloud", f"127.0.0.1:{tls_cloud['port']}", "--camera-id", "cam-a", "--spool", str(tmp_path / "spool"),
+         "--max-frames", "1"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1", INFOCUT_EDGE__BACKOFF_S="[0.2, 0.5]"),
     )
     try:
         out = ""
         deadline = time.monotonic() + 60
-        while "event=link_lost" not in out and time.monotonic() < deadline:
+        while not any("event=link_lost" in ln and "TLS" in ln for ln in out.splitlines()) and time.monotonic() < deadline:
             out += edge.stdout.readline()
     finally:
         edge.kill()
