@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo first: bench/edge.py is not the edge package
+
 from rich.console import Console
 from rich.table import Table
 from sklearn.metrics import roc_auc_score
