@@ -33,10 +33,12 @@ lint: $(VENV)/.dev
 
 ## artifact: rebuild the committed demo artifact (MobileNetV2 from the shared TFLite, scorer fitted on Ped2)
 artifact: $(VENV)/.dev build/mobilenet_v2.npz
-	$(BIN)/infocut split mobilenet_v2 --cut $(DEMO_CUT) --bits $(DEMO_BITS) --gap 2 --topk 50 --out artifacts/demo
+	$(BIN)/infocut split mobilenet_v2 --cut $(DEMO_CUT) --bits $(DEMO_BITS) --coder $(DEMO_CODER) --gap 2 --topk 50 \
+		--out artifacts/demo
 
-DEMO_CUT  ?= block5
-DEMO_BITS ?= 4
+DEMO_CUT   ?= block5
+DEMO_BITS  ?= 3
+DEMO_CODER ?= ans
 
 ## weights: float32 MobileNetV2 weights dequantized from the shared quantized TFLite file (not committed)
 weights: build/mobilenet_v2.npz

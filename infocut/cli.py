@@ -71,7 +71,9 @@ def split(
     list_cuts: Annotated[bool, typer.Option("--list", help="print the candidate cuts and exit")] = False,
     cut: Annotated[str | None, typer.Option(help="where to cut (a name from --list)")] = None,
     bits: Annotated[int, typer.Option(min=2, max=8, help="quantizer bits")] = 8,
-    coder: Annotated[str, typer.Option(help="entropy coder: zstd or raw")] = "zstd",
+    coder: Annotated[str, typer.Option(help="entropy coder: zstd, raw or ans (tables fitted on normal video, "
+                                           "key and delta frames)")] = "zstd",
+    key_interval: Annotated[int, typer.Option(min=1, help="ans: most frames between key frames (1: no delta frames)")] = 50,
     per_tensor: Annotated[bool, typer.Option(help="one scale for the whole tensor instead of per channel")] = False,
     task: Annotated[str, typer.Option(help="anomaly (scorer in the tail) or classify (logits)")] = "anomaly",
     height: Annotated[int | None, typer.Option(help="input height (default: the model's)")] = None,
@@ -107,7 +109,7 @@ def split(
 
     size = (height, width) if height and width else None
     cfg = SplitConfig(
-        model=model, weights=str(weights) if weights else None, bits=bits, coder=coder,
+        model=model, weights=str(weights) if weights else None, bits=bits, coder=coder, key_interval=key_interval,
         per_channel=not per_tensor, task=task, input_size=size, gap=gap, topk=topk, bank_size=bank_size,
     )
     if auto:
