@@ -53,14 +53,14 @@ class BottleneckConfig:
     bits: int = 3  # B: codes in 0..2^B-1
     lam: float = 0.01  # weight of the rate (kB per frame) against the normalized distortion
     hidden: int = 16  # the encoder's hidden channels (edge FLOPs)
-    dec_hidden: int = 48  # the decoder's hidden channels (cloud)
+    dec_hidden: int = 32  # the decoder's hidden channels (cloud)
     mixtures: int = 3  # logistics per channel in the density
     motion_weight: float = 1.0  # weight of the change-over-gap term in D
     gap: int = 2
-    steps: int = 400
-    batch: int = 8  # pairs of frames `gap` apart per step
-    crop: int = 32  # crop side at the cut's resolution
-    lr: float = 2e-3
+    steps: int = 200
+    batch: int = 6  # pairs of frames `gap` apart per step
+    crop: int = 24  # crop side at the cut's resolution
+    lr: float = 3e-3
     seed: int = 0
 
     @property
@@ -271,6 +271,10 @@ def train(cfg: BottleneckConfig, tail: nn.Module, train_data: dict, progress=Non
     std, dstd = feature_stats(train_data, cfg.gap)
     inv_var, inv_dvar = (1 / std**2).view(1, -1, 1, 1), (1 / dstd**2).view(1, -1, 1, 1)
     model = Bottleneck(cfg, cin)
+    with torch.no_grad():  # start from the mean cut tensor and mid-range codes
+        sample = np.concatenate([train_data[v][0][:: max(1, len(train_data[v][0]) // 4)] for v in vids])
+        model.decoder.out.bias.copy_(torch.from_numpy(sample.astype(np.float32).mean((0, 2, 3))))
+        model.encoder.proj.bias.fill_(cfg.qmax / 2)
     # the density must follow the codes within a few hundred steps: it learns 10x faster than the networks
     dens = list(model.density.parameters())
     nets = [p for n, p in model.named_parameters() if not n.startswith("density.")]
@@ -461,6 +465,46 @@ def load(path: Path, cin: int) -> tuple[Bottleneck, dict]:
     return model.eval(), json.loads(md.get("meta", "{}"))
 
 
+def onnx_session(module: nn.Module, example: torch.Tensor, threads: int = 2):
+    """A torch module as an onnxruntime session with a dynamic batch axis ("x" -> "y")."""
+    import io
+
+    import onnxruntime as ort
+
+    buf = io.BytesIO()
+    torch.onnx.export(module.eval(), (example,), buf, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+
+
+def fit_scorer_on_cache(module: nn.Module, fit: dict, cfg, batch: int = 8):
+    """The k-NN motion scorer fitted (splitter.scorer.ScorerFit, as Splitter.scorer) on module(cut activations)
+    of the cached fit videos; module: float cut tensor -> scored features (e.g. decoder path + tail), run
+    in onnxruntime."""
+    from splitter.scorer import ScorerFit
+
+    c0 = next(iter(fit.values()))[0]
+    sess = onnx_session(module, torch.zeros(1, *c0.shape[1:]))
+    fitter = ScorerFit(gap=cfg.gap)
+    for c, _ in fit.values():
+        fitter.add_video(np.concatenate([sess.run(None, {"x": c[i : i + batch].astype(np.float32)})[0]
+                                         for i in range(0, len(c), batch)]))
+    return fitter.build(cfg.bank_size, cfg.topk).eval()
+
+
+class Coded(nn.Module):
+    """cut tensor -> encoder -> clamp(round) -> decoder: what the tail decodes from the head's codes."""
+
+    def __init__(self, model: Bottleneck):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.decoder(self.model.codes(x))
+
+
 # ---------------------------------------------------------------------------------------------
 # export: an artifact like any other
 
@@ -481,10 +525,43 @@ def _splitter_class():
         the scorer is fitted on the features decoded from the codes (through the bottleneck)."""
 
         def __init__(self, cfg, model: Bottleneck, weights: Path | None = None, meta: dict | None = None,
-                     quiet: bool = False):
+                     quiet: bool = False, fit_cache: dict | None = None):
             super().__init__(cfg, quiet)
             self.bottleneck, self.weights, self.meta = model.eval(), weights, meta or {}
             self.q = unit_qparams(model.cfg.channels, model.cfg.bits)
+            self.fit_cache = fit_cache  # FeatureCache.get("fit", ...): fit the scorer from it (onnxruntime)
+            self._out = None
+
+        def scorer(self):
+            if self._scorer is None and self.fit_cache is not None:
+                _, _, tail = self._parts()
+                self._scorer = fit_scorer_on_cache(nn.Sequential(Coded(self.bottleneck), tail), self.fit_cache,
+                                                   self.cfg)
+            return super().scorer()
+
+        def export(self, out, *args, **kw):
+            self._out = Path(out)
+            return super().export(out, *args, **kw)
+
+        @torch.no_grad()
+        def threshold(self, head_g, tail_g) -> float:
+            """Splitter.threshold with the written head.onnx in onnxruntime for the head (the costly part)."""
+            if self._out is None or not (self._out / "head.onnx").exists():
+                return super().threshold(head_g, tail_g)
+            import onnxruntime as ort
+
+            from splitter.export import score_video
+            from splitter.features import load_frames
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 2
+            head = ort.InferenceSession(str(self._out / "head.onnx"), opts, providers=["CPUExecutionProvider"])
+            scores = []
+            for _, paths in self.training_videos(True).items():
+                codes = np.concatenate([head.run(None, {"image": load_frames(paths[i : i + 4], self.size)})[0]
+                                        for i in range(0, len(paths), 4)])
+                scores.append(score_video(tail_g, torch.from_numpy(codes), self.cfg.gap))
+            return float(np.quantile(np.concatenate(scores), self.cfg.threshold_quantile))
 
         def _parts(self):
             from splitter.cuts import find_cut, split
@@ -539,8 +616,8 @@ def _splitter_class():
 
 
 def bottleneck_splitter(cfg, model: Bottleneck, weights: Path | None = None, meta: dict | None = None,
-                        quiet: bool = False):
-    return _splitter_class()(cfg, model, weights, meta, quiet)
+                        quiet: bool = False, fit_cache: dict | None = None):
+    return _splitter_class()(cfg, model, weights, meta, quiet, fit_cache)
 
 
 def _prune_class():

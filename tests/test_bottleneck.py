@@ -135,7 +135,7 @@ def test_bottleneck_artifact_parity(tmp_path):
     manifest = sp.export(out)
     art = load_artifact(out)
     assert manifest["bottleneck"]["channels"] == 4 and manifest["bottleneck"]["stride"] == 2
-    assert art.cut_shapes == [(4, 15, 23)], art.cut_shapes  # layer2_0 is 32x30x45 at 120x180; stride 2
+    assert art.cut_shapes == [(4, 30, 45)], art.cut_shapes  # layer2_0 is 32x60x90 at 120x180; stride 2
     paths = next(iter(ped2.videos("testing").values()))[:4]
     frames = np.stack([ped2.read_rgb(p, sp.size) for p in paths])
     head_g, tail_g = sp.graphs(sp.stage_cuts[[c.name for c in sp.stage_cuts].index("layer2_0")], [sp.q])
