@@ -152,7 +152,8 @@ def _row_cache(kind: str, **setting):
     measures only what is missing."""
     from splitter.cache import Cache, digest_files
 
-    key = Cache.key(kind=kind, **setting, sources=digest_files(("splitter/bottleneck.py", "bench/bottleneck.py")))
+    srcs = ("splitter/bottleneck.py", "bench/bottleneck.py") if kind != "reference" else ("splitter/scorer.py",)
+    key = Cache.key(kind=kind, **setting, sources=digest_files(srcs))
     return CACHE / "rows" / f"{kind}-{'-'.join(str(v) for v in setting.values())}-{key}.json"
 
 

@@ -57,7 +57,8 @@ class BottleneckConfig:
     mixtures: int = 3  # logistics per channel in the density
     motion_weight: float = 1.0  # weight of the change-over-gap term in D
     gap: int = 2
-    steps: int = 200
+    steps: int = 200  # through the frozen tail, on the scored features
+    pretrain_steps: int = 0  # before them: on the cut tensor itself (no tail: cheaper steps)
     batch: int = 6  # pairs of frames `gap` apart per step
     crop: int = 24  # crop side at the cut's resolution
     lr: float = 3e-3
@@ -149,14 +150,14 @@ class Bottleneck(nn.Module):
 
 
 def cut_and_tail(sp, cut_name: str):
-    """(head up to the cut incl. preprocessing, frozen tail from the cut to the scored layer) of a Splitter."""
+    """(cut, head up to the cut (float input), frozen tail from the cut to the scored layer) of a Splitter."""
     from splitter.cuts import find_cut, split
 
     cut = find_cut(sp.stage_cuts, cut_name)
     head, tail = split(sp.model, cut, upto=sp.upto)
     for p in tail.parameters():
         p.requires_grad_(False)
-    return cut, nn.Sequential(sp.preprocess, head).eval(), tail.eval()
+    return cut, head.eval(), tail.eval()
 
 
 class FeatureCache:
@@ -181,6 +182,7 @@ class FeatureCache:
         import onnxruntime as ort
 
         _, head, tail = cut_and_tail(self.sp, self.cut_name)
+        pre = self.sp.preprocess
 
         class Both(nn.Module):
             def __init__(self):
@@ -188,7 +190,7 @@ class FeatureCache:
                 self.head, self.tail = head, tail
 
             def forward(self, image):
-                a = self.head(image)
+                a = self.head(pre(image))
                 return a, self.tail(a)
 
         buf = io.BytesIO()
@@ -270,6 +272,10 @@ def train(cfg: BottleneckConfig, tail: nn.Module, train_data: dict, progress=Non
         raise ValueError(f"the tail changes the resolution ({h}x{w} -> {fh}x{fw}): crops need a stride-1 tail")
     std, dstd = feature_stats(train_data, cfg.gap)
     inv_var, inv_dvar = (1 / std**2).view(1, -1, 1, 1), (1 / dstd**2).view(1, -1, 1, 1)
+    if cfg.pretrain_steps:
+        cstd, cdstd = feature_stats({v: (None, c) for v, (c, _) in train_data.items()}, cfg.gap)
+        cut_inv_var, cut_inv_dvar = (1 / cstd**2).view(1, -1, 1, 1), (1 / cdstd**2).view(1, -1, 1, 1)
+    total = cfg.pretrain_steps + cfg.steps
     model = Bottleneck(cfg, cin)
     with torch.no_grad():  # start from the mean cut tensor and mid-range codes
         sample = np.concatenate([train_data[v][0][:: max(1, len(train_data[v][0]) // 4)] for v in vids])
@@ -279,15 +285,16 @@ def train(cfg: BottleneckConfig, tail: nn.Module, train_data: dict, progress=Non
     dens = list(model.density.parameters())
     nets = [p for n, p in model.named_parameters() if not n.startswith("density.")]
     opt = torch.optim.Adam([{"params": nets, "lr": cfg.lr}, {"params": dens, "lr": 10 * cfg.lr}])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, 10 * cfg.lr], total_steps=cfg.steps,
-                                                pct_start=min(0.5, max(0.1, 2.5 / cfg.steps)))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, 10 * cfg.lr], total_steps=total,
+                                                pct_start=min(0.5, max(0.1, 2.5 / total)))
     crop, margin = min(cfg.crop, h, w) // 2 * 2, 4
     area_scale = (h * w) / (crop * crop) / 8 / 1000  # crop bits -> kB per full frame
     history = []
     t0 = time.perf_counter()
     task = progress.add_task(f"train K={cfg.channels} s={cfg.stride} B={cfg.bits} lambda={cfg.lam:g}",
-                             total=cfg.steps) if progress is not None else None
-    for step in range(cfg.steps):
+                             total=total) if progress is not None else None
+    for step in range(total):
+        pre = step < cfg.pretrain_steps
         xs, ts = [], []
         for _ in range(cfg.batch):
             v = vids[rng.integers(len(vids))]
@@ -298,12 +305,16 @@ def train(cfg: BottleneckConfig, tail: nn.Module, train_data: dict, progress=Non
                 xs.append(cut[tt, :, y0 : y0 + crop, x0 : x0 + crop])
                 ts.append(feat[tt, :, y0 : y0 + crop, x0 : x0 + crop])
         x = torch.from_numpy(np.stack(xs).astype(np.float32))
-        target = torch.from_numpy(np.stack(ts).astype(np.float32))[..., margin:-margin, margin:-margin]
         dec, bits, oor = model(x)
-        out = tail(dec)[..., margin:-margin, margin:-margin]
-        err = out - target
-        d_feat = (err**2 * inv_var).mean()
-        d_motion = ((err[1::2] - err[0::2]) ** 2 * inv_dvar).mean()
+        if pre:  # reconstruct the cut tensor (and its change)
+            err = (dec - x)[..., margin:-margin, margin:-margin]
+            iv, idv = cut_inv_var, cut_inv_dvar
+        else:
+            target = torch.from_numpy(np.stack(ts).astype(np.float32))[..., margin:-margin, margin:-margin]
+            err = tail(dec)[..., margin:-margin, margin:-margin] - target
+            iv, idv = inv_var, inv_dvar
+        d_feat = (err**2 * iv).mean()
+        d_motion = ((err[1::2] - err[0::2]) ** 2 * idv).mean()
         dist = d_feat + cfg.motion_weight * d_motion
         rate_kb = bits.sum() / len(x) * area_scale
         loss = dist + cfg.lam * rate_kb + 10.0 * oor
@@ -317,11 +328,11 @@ def train(cfg: BottleneckConfig, tail: nn.Module, train_data: dict, progress=Non
             progress.update(task, advance=1, description=(
                 f"train K={cfg.channels} s={cfg.stride} B={cfg.bits} lambda={cfg.lam:g}: D {dist.item():.3f} "
                 f"R {rate_kb.item():.2f} kB"))
-        if log is not None and (step % 50 == 0 or step == cfg.steps - 1):
+        if log is not None and (step % 50 == 0 or step == total - 1):
             log(f"step {step}: D_feat {d_feat.item():.4f} D_motion {d_motion.item():.4f} R {rate_kb.item():.3f} kB")
     if task is not None:
         progress.remove_task(task)
-    tail_avg = history[-max(1, cfg.steps // 10):]
+    tail_avg = history[-max(1, total // 10):]
     info = {"seconds": time.perf_counter() - t0,
             "final": {k: float(np.mean([hh[k] for hh in tail_avg])) for k in ("d_feat", "d_motion", "rate_kb", "loss")},
             "loss": "mean((s-t)^2/var_t) + motion_weight * mean((ds-dt)^2/var_dt) + lambda * rate_kB_per_frame "
