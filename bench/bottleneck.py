@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -196,9 +197,11 @@ def run(methods: list[str], grid=GRID, prune_grid=PRUNE_GRID, steps: int | None 
         todo += [("prune", g) for g in prune_grid if g[0] == cut and "prune" in methods]
         for kind, g in todo:
             if kind == "bottleneck":
-                _, k, s, b, lam = g
+                _, k, s, b, lam = g[:5]
+                types = {f.name: f.type for f in fields(bn.BottleneckConfig)}
+                opts = {key: _typed(types[key], v) for key, v in (g[5] if len(g) > 5 else {}).items()}
                 bcfg = bn.BottleneckConfig(cut=cut, channels=k, stride=s, bits=b, lam=lam, gap=cfg.gap,
-                                           **({"steps": steps} if steps else {}))
+                                           **({"steps": steps} if steps else {}), **opts)
                 path = _row_cache("bottleneck", **{k2: v for k2, v in vars(bcfg).items()})
             else:
                 _, n, b = g
@@ -213,7 +216,8 @@ def run(methods: list[str], grid=GRID, prune_grid=PRUNE_GRID, steps: int | None 
                 meta = {"cut": cut, "train_data": "Ped2 training videos less held-out " + ",".join(cfg.heldout)
                         + ": all frames (cut activations and block5 targets cached by splitter.bottleneck.FeatureCache)",
                         **info}
-                wpath = CACHE / "weights" / f"{cut}_K{k}_s{s}_B{b}_lam{lam:g}_steps{bcfg.steps}.safetensors"
+                tag = "_".join(f"{key}{v}" for key, v in opts.items())
+                wpath = CACHE / "weights" / f"{cut}_K{k}_s{s}_B{b}_lam{lam:g}_steps{bcfg.steps}_{tag}.safetensors"
                 sha = bn.save(model, wpath, meta)
                 row = _measure(sp, model, bcfg, head, tail, fit, test, labels, ref, boot, common, info, sha, wpath,
                                console)
@@ -227,6 +231,13 @@ def run(methods: list[str], grid=GRID, prune_grid=PRUNE_GRID, steps: int | None 
                 path.write_text(json.dumps(row, indent=1))
             rows.append(row)
     return {"rows": rows, "seconds": time.perf_counter() - t_start}
+
+
+def _typed(kind, value: str):
+    kind = kind if isinstance(kind, str) else kind.__name__
+    if kind == "bool":
+        return value.lower() in ("1", "true", "yes")
+    return {"int": int, "float": float}.get(kind, str)(value)
 
 
 def _unit_q(k: int, bits: int):
@@ -260,11 +271,13 @@ def _measure(sp, model, bcfg, head, tail, fit, test, labels, ref, boot, common, 
 
     scores, _ = scores_through(nn.Sequential(bn.Coded(model), tail), fit, test, sp.cfg)
     q = _unit_q(bcfg.channels, bcfg.bits)
-    hflops = head_flops(sp, bcfg.cut, model.encoder)
-    hms = time_head(HeadGraph(sp.preprocess, nn.Sequential(head, model.encoder), [Quantize(q)]), sp.size)
+    hflops = head_flops(sp, bcfg.cut, bn.Latent(model))
+    hms = time_head(HeadGraph(sp.preprocess, nn.Sequential(head, bn.Latent(model)), [Quantize(q)]), sp.size)
     st = stats(labels, scores, ref, boot, [len(c) for c, _ in test.values()])
     row = {"method": "bottleneck", "cut": bcfg.cut, "bits": bcfg.bits, "coder": "factorized-entropy-bound",
-           "setting": f"{bcfg.cut} K={bcfg.channels} s{bcfg.stride} {bcfg.bits}-bit lambda={bcfg.lam:g}",
+           "setting": f"{bcfg.cut} {bcfg.arch}{'+bg' if bcfg.background else ''} K={bcfg.channels} s{bcfg.stride} "
+                      f"{bcfg.bits}-bit lambda={bcfg.lam:g} init={bcfg.init} step={bcfg.step:g} "
+                      f"steps={bcfg.pretrain_steps}+{bcfg.steps}",
            "channels": bcfg.channels, "stride": bcfg.stride, "lambda": bcfg.lam, **rates, **st,
            "head_mflops": hflops / 1e6, "head_ms": hms, "tail_ms": None,
            "head_fraction_of_full_model": hflops / (common["full_model_mflops"] * 1e6), **common,

@@ -826,10 +826,17 @@ def main(argv: list[str] | None = None) -> None:
         from bench import bottleneck
 
         def settings(text, default, types):
+            """CUT:K:...; bottleneck settings may end in :key=value options of BottleneckConfig (arch=linear,
+            init=pca, background=1, step=2, steps=0, pretrain_steps=...)."""
             if not text:
                 return default
-            return tuple(tuple(t(v) for t, v in zip(types, item.split(":"), strict=True))
-                         for item in text.split(",") if item.strip())
+            out = []
+            for item in (i for i in text.split(",") if i.strip()):
+                parts = item.split(":")
+                row = tuple(t(v) for t, v in zip(types, parts[: len(types)], strict=True))
+                opts = dict(kv.split("=", 1) for kv in parts[len(types):])
+                out.append((*row, opts) if opts else row)
+            return tuple(out)
 
         grid = settings(args.grid, bottleneck.GRID, (str, int, int, int, float))
         prune_grid = settings(args.prune_grid, bottleneck.PRUNE_GRID, (str, int, int))

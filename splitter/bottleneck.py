@@ -63,6 +63,10 @@ class BottleneckConfig:
     crop: int = 24  # crop side at the cut's resolution
     lr: float = 3e-3
     seed: int = 0
+    arch: str = "conv"  # conv: the networks above; linear: average pool + 1x1 conv, transposed conv back
+    init: str = "random"  # random, or pca: the linear maps start as the principal components of the cut
+    background: bool = False  # code the cut tensor minus its per-location mean on the normal frames
+    step: float = 1.0  # pca init: quantizer step, in units of (p99.9 of |component|) / (2^(B-1) - 0.5)
 
     @property
     def qmax(self) -> int:
@@ -91,6 +95,29 @@ class Decoder(nn.Module):
     def forward(self, codes_float):
         x = F.relu(self.up(self.inp(codes_float)))
         return self.out(F.relu(self.mid(x)))
+
+
+class LinearEncoder(nn.Module):
+    """Average pool over stride x stride, then a 1x1 projection to K channels (PCA-initializable)."""
+
+    def __init__(self, cin: int, k: int, stride: int):
+        super().__init__()
+        self.pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.proj = nn.Conv2d(cin, k, 1)
+
+    def forward(self, x):
+        return self.proj(self.pool(x))
+
+
+class LinearDecoder(nn.Module):
+    """A transposed conv (kernel = stride): each code position back to its stride x stride block."""
+
+    def __init__(self, k: int, cout: int, stride: int):
+        super().__init__()
+        self.out = nn.ConvTranspose2d(k, cout, stride, stride)
+
+    def forward(self, codes_float):
+        return self.out(codes_float)
 
 
 class CodeDensity(nn.Module):
@@ -123,26 +150,89 @@ class CodeDensity(nn.Module):
 class Bottleneck(nn.Module):
     """encoder -> quantize (straight-through) -> decoder; `density` models the codes for the rate."""
 
-    def __init__(self, cfg: BottleneckConfig, cin: int):
+    def __init__(self, cfg: BottleneckConfig, cin: int, size: tuple[int, int] | None = None):
         super().__init__()
         self.cfg = cfg
-        self.encoder = Encoder(cin, cfg.channels, cfg.stride, cfg.hidden)
-        self.decoder = Decoder(cfg.channels, cin, cfg.stride, cfg.dec_hidden)
+        if cfg.arch == "linear":
+            self.encoder = LinearEncoder(cin, cfg.channels, cfg.stride)
+            self.decoder = LinearDecoder(cfg.channels, cin, cfg.stride)
+        else:
+            self.encoder = Encoder(cin, cfg.channels, cfg.stride, cfg.hidden)
+            self.decoder = Decoder(cfg.channels, cin, cfg.stride, cfg.dec_hidden)
         self.density = CodeDensity(cfg.channels, cfg.qmax, cfg.mixtures)
+        # the per-location mean of the cut tensor on normal frames (a fixed camera): subtracted before the
+        # encoder, added after the decoder; zeros (no effect) without cfg.background
+        bg = (1, cin, *size) if cfg.background and size else (1, cin, 1, 1)
+        self.register_buffer("background", torch.zeros(bg))
+
+    def latent(self, x, bg=None):
+        return self.encoder(x - (self.background if bg is None else bg))
 
     def codes(self, x):
         """The integer codes (as float) the exported head sends: clamp(round(y), 0, qmax)."""
-        return torch.clamp(torch.round(self.encoder(x)), 0.0, float(self.cfg.qmax))
+        return torch.clamp(torch.round(self.latent(x)), 0.0, float(self.cfg.qmax))
 
-    def forward(self, x):
-        """(decoded cut tensor, rate bits per element of the codes, range penalty) at train time."""
-        y = self.encoder(x)
+    def decode(self, codes_float, bg=None):
+        return self.decoder(codes_float) + (self.background if bg is None else bg)
+
+    def forward(self, x, bg=None):
+        """(decoded cut tensor, rate bits per element of the codes, range penalty) at train time; `bg`: the
+        background's crop matching x's (training on crops), else the whole background."""
+        y = self.latent(x, bg)
         q = torch.clamp(torch.round(y), 0.0, float(self.cfg.qmax))
         y_ste = y + (q - y).detach()
         noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         bits = self.density.bits(noisy)
         out_of_range = (F.relu(y - self.cfg.qmax - 0.5) ** 2 + F.relu(-0.5 - y) ** 2).mean()
-        return self.decoder(y_ste), bits, out_of_range
+        return self.decode(y_ste, bg), bits, out_of_range
+
+
+class Latent(nn.Module):
+    """The end of a bottleneck head: cut tensor -> latent in code units (the quantizer follows)."""
+
+    def __init__(self, model: Bottleneck):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.latent(x)
+
+
+class Decode(nn.Module):
+    """The start of a bottleneck tail (after the dequantizer): codes -> the cut tensor."""
+
+    def __init__(self, model: Bottleneck):
+        super().__init__()
+        self.model = model
+
+    def forward(self, codes_float):
+        return self.model.decode(codes_float)
+
+
+@torch.no_grad()
+def pca_init(model: Bottleneck, sample: np.ndarray) -> dict:
+    """Start a linear bottleneck as PCA: the encoder projects the (background-subtracted, pooled) cut tensor
+    on its top K principal components, scaled so that +-p99.9 of each fills the code range around the
+    middle code; the decoder maps codes back. `sample`: (N, C, H, W) cut activations of normal frames."""
+    cfg = model.cfg
+    x = torch.from_numpy(sample.astype(np.float32)) - model.background
+    x = model.encoder.pool(x)
+    flat = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).double()
+    mean = flat.mean(0)
+    cov = torch.cov((flat - mean).T)
+    evals, evecs = torch.linalg.eigh(cov)
+    order = torch.argsort(evals, descending=True)[: cfg.channels]
+    v = evecs[:, order]  # (C, K)
+    proj = (flat - mean) @ v
+    half = 2 ** (cfg.bits - 1) - 0.5
+    delta = torch.quantile(proj.abs()[:: max(1, len(proj) // 200000)], 0.999, dim=0) / half * cfg.step
+    mid = float(2 ** (cfg.bits - 1))
+    model.encoder.proj.weight.copy_((v / delta).T.float().view(cfg.channels, -1, 1, 1))
+    model.encoder.proj.bias.copy_((mid - (mean @ v) / delta).float())
+    w = (v * delta).T.float()  # (K, C)
+    model.decoder.out.weight.copy_(w.view(cfg.channels, -1, 1, 1).expand(-1, -1, cfg.stride, cfg.stride))
+    model.decoder.out.bias.copy_((mean - mid * (v * delta).sum(1)).float())
+    return {"explained_variance": float(evals[order].sum() / evals.sum()), "step": delta.tolist()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,17 +366,27 @@ def train(cfg: BottleneckConfig, tail: nn.Module, train_data: dict, progress=Non
         cstd, cdstd = feature_stats({v: (None, c) for v, (c, _) in train_data.items()}, cfg.gap)
         cut_inv_var, cut_inv_dvar = (1 / cstd**2).view(1, -1, 1, 1), (1 / cdstd**2).view(1, -1, 1, 1)
     total = cfg.pretrain_steps + cfg.steps
-    model = Bottleneck(cfg, cin)
-    with torch.no_grad():  # start from the mean cut tensor and mid-range codes
-        sample = np.concatenate([train_data[v][0][:: max(1, len(train_data[v][0]) // 4)] for v in vids])
-        model.decoder.out.bias.copy_(torch.from_numpy(sample.astype(np.float32).mean((0, 2, 3))))
-        model.encoder.proj.bias.fill_(cfg.qmax / 2)
+    model = Bottleneck(cfg, cin, (h, w))
+    init_info = {}
+    with torch.no_grad():
+        if cfg.background:
+            total_n = sum(len(train_data[v][0]) for v in vids)
+            bg = sum(train_data[v][0].astype(np.float32).sum(0) for v in vids) / total_n
+            model.background.copy_(torch.from_numpy(bg)[None])
+        sample = np.concatenate([train_data[v][0][:: max(1, len(train_data[v][0]) // 8)] for v in vids])
+        if cfg.init == "pca":
+            init_info = pca_init(model, sample)
+        else:  # start from the mean cut tensor and mid-range codes
+            mean = sample.astype(np.float32).mean((0, 2, 3)) - model.background.mean((0, 2, 3)).numpy()
+            model.decoder.out.bias.copy_(torch.from_numpy(mean))
+            model.encoder.proj.bias.fill_(cfg.qmax / 2)
+        del sample
     # the density must follow the codes within a few hundred steps: it learns 10x faster than the networks
     dens = list(model.density.parameters())
     nets = [p for n, p in model.named_parameters() if not n.startswith("density.")]
     opt = torch.optim.Adam([{"params": nets, "lr": cfg.lr}, {"params": dens, "lr": 10 * cfg.lr}])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, 10 * cfg.lr], total_steps=total,
-                                                pct_start=min(0.5, max(0.1, 2.5 / total)))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, 10 * cfg.lr], total_steps=max(total, 10),
+                                                pct_start=min(0.5, max(0.1, 2.5 / max(total, 10))))
     crop, margin = min(cfg.crop, h, w) // 2 * 2, 4
     area_scale = (h * w) / (crop * crop) / 8 / 1000  # crop bits -> kB per full frame
     history = []
@@ -295,17 +395,19 @@ def train(cfg: BottleneckConfig, tail: nn.Module, train_data: dict, progress=Non
                              total=total) if progress is not None else None
     for step in range(total):
         pre = step < cfg.pretrain_steps
-        xs, ts = [], []
+        xs, ts, bgs = [], [], []
         for _ in range(cfg.batch):
             v = vids[rng.integers(len(vids))]
             cut, feat = train_data[v]
             t = int(rng.integers(len(cut) - cfg.gap))
             y0, x0 = int(rng.integers(0, h - crop + 1)) // 2 * 2, int(rng.integers(0, w - crop + 1)) // 2 * 2
+            bgc = model.background[0, :, y0 : y0 + crop, x0 : x0 + crop] if cfg.background else model.background[0]
             for tt in (t, t + cfg.gap):
+                bgs.append(bgc)
                 xs.append(cut[tt, :, y0 : y0 + crop, x0 : x0 + crop])
                 ts.append(feat[tt, :, y0 : y0 + crop, x0 : x0 + crop])
         x = torch.from_numpy(np.stack(xs).astype(np.float32))
-        dec, bits, oor = model(x)
+        dec, bits, oor = model(x, torch.stack(bgs))
         if pre:  # reconstruct the cut tensor (and its change)
             err = (dec - x)[..., margin:-margin, margin:-margin]
             iv, idv = cut_inv_var, cut_inv_dvar
@@ -333,8 +435,9 @@ def train(cfg: BottleneckConfig, tail: nn.Module, train_data: dict, progress=Non
     if task is not None:
         progress.remove_task(task)
     tail_avg = history[-max(1, total // 10):]
-    info = {"seconds": time.perf_counter() - t0,
-            "final": {k: float(np.mean([hh[k] for hh in tail_avg])) for k in ("d_feat", "d_motion", "rate_kb", "loss")},
+    info = {"seconds": time.perf_counter() - t0, "init": init_info,
+            "final": {k: float(np.mean([hh[k] for hh in tail_avg])) if tail_avg else None
+                      for k in ("d_feat", "d_motion", "rate_kb", "loss")},
             "loss": "mean((s-t)^2/var_t) + motion_weight * mean((ds-dt)^2/var_dt) + lambda * rate_kB_per_frame "
                     "(+10 * out-of-range penalty); s, t: student and teacher scored features on crops, d: change "
                     "over gap frames; rate from the learned factorized density on latent + U(-0.5, 0.5)"}
@@ -471,8 +574,9 @@ def load(path: Path, cin: int) -> tuple[Bottleneck, dict]:
     with safe_open(str(path), "pt") as f:
         md = f.metadata()
     cfg = BottleneckConfig(**json.loads(md["config"]))
-    model = Bottleneck(cfg, cin)
-    model.load_state_dict(load_file(str(path)))
+    state = load_file(str(path))
+    model = Bottleneck(cfg, cin, tuple(state["background"].shape[2:]))
+    model.load_state_dict(state)
     return model.eval(), json.loads(md.get("meta", "{}"))
 
 
@@ -513,7 +617,7 @@ class Coded(nn.Module):
         self.model = model
 
     def forward(self, x):
-        return self.model.decoder(self.model.codes(x))
+        return self.model.decode(self.model.codes(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,7 +696,7 @@ def _splitter_class():
 
                 def forward(self, image):
                     x = self.head(self.pre(image))
-                    return self.tail(self.bneck.decoder(self.bneck.codes(x)))
+                    return self.tail(self.bneck.decode(self.bneck.codes(x)))
 
             return Through(self.preprocess).eval()
 
@@ -603,8 +707,8 @@ def _splitter_class():
             if cut.name != self.bottleneck.cfg.cut:
                 raise ValueError(f"this bottleneck sits at {self.bottleneck.cfg.cut}, not {cut.name}")
             _, head, tail = self._parts()
-            head_g = HeadGraph(self.preprocess, nn.Sequential(head, self.bottleneck.encoder), [Quantize(self.q)]).eval()
-            tail_net = nn.Sequential(self.bottleneck.decoder, tail)
+            head_g = HeadGraph(self.preprocess, nn.Sequential(head, Latent(self.bottleneck)), [Quantize(self.q)]).eval()
+            tail_net = nn.Sequential(Decode(self.bottleneck), tail)
             if self.cfg.task == "classify":
                 return head_g, ClassifierTailGraph([Dequantize(self.q)], tail_net).eval()
             return head_g, AnomalyTailGraph([Dequantize(self.q)], tail_net, self.scorer()).eval()
@@ -616,11 +720,13 @@ def _splitter_class():
                 "lambda": c.lam, "config": asdict(c),
                 "weights_sha256": hashlib.sha256(Path(self.weights).read_bytes()).hexdigest() if self.weights else None,
                 "training_data": self.meta.get("train_data"), "loss": self.meta.get("loss"),
-                "head": "preprocess, the model to the cut, encoder (conv3x3 stride s, ReLU, conv1x1 to K), "
-                        "quantizer clamp(round(y), 0, 2^B-1) (scale 1, zero point 0)",
-                "tail": "dequantizer (scale 1, zero point 0), decoder (conv1x1, PixelShuffle if s=2, ReLU, conv3x3, "
-                        "ReLU, conv3x3), the frozen model from the cut to the scored layer, the scorer fitted on "
-                        "the decoded features of the normal fit videos",
+                "head": "preprocess, the model to the cut, [minus the background map], encoder (conv: conv3x3 "
+                        "stride s, ReLU, conv1x1 to K; linear: avgpool s, conv1x1 to K), quantizer clamp(round(y), 0, "
+                        "2^B-1) (scale 1, zero point 0)",
+                "tail": "dequantizer (scale 1, zero point 0), decoder (conv: conv1x1, PixelShuffle if s=2, ReLU, "
+                        "conv3x3, ReLU, conv3x3; linear: transposed conv s x s) [plus the background map], the frozen "
+                        "model from the cut to the scored layer, the scorer fitted on the decoded features of the "
+                        "normal fit videos",
             }}
 
     return BottleneckSplitter
