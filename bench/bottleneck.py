@@ -227,6 +227,9 @@ def run(methods: list[str], grid=GRID, prune_grid=PRUNE_GRID, steps: int | None 
                 del calib
                 row = _measure_prune(sp, pr, n, b, head, tail, fit, test, labels, ref, boot, common, console)
             if not path.exists():
+                from bench.common import git_revision
+
+                row["measured_at"] = {"git": git_revision(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(row, indent=1))
             rows.append(row)
@@ -335,6 +338,13 @@ HOW = {
     "head_mflops": "splitter.cost convention, the model to the cut plus the encoder (or the channel selection); "
                    "head_ms: that head with its quantizer as ONNX, onnxruntime batch 1 median; *_plain_cut: without.",
 }
+
+
+def cached_rows() -> list[dict]:
+    """Every row measured so far (.cache/bottleneck/rows), whatever the sources' revision: each row says
+    under measured_at the commit that measured it."""
+    rows = [json.loads(p.read_text()) for p in sorted((CACHE / "rows").glob("*.json"))]
+    return sorted(rows, key=lambda r: (r["method"], -r["bytes_per_frame"]))
 
 
 def merge(result: dict, path: Path) -> None:

@@ -808,6 +808,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", help="run only these new row families and merge them into the existing "
                                           "ped2.json (replacing their old rows): bottleneck, prune (bench/bottleneck.py)")
     parser.add_argument("--steps", type=int, help="--methods bottleneck: training steps per setting")
+    parser.add_argument("--from-cache", action="store_true",
+                        help="--methods: measure nothing, merge every row measured so far (.cache/bottleneck/rows)")
     parser.add_argument("--grid", help="--methods bottleneck: settings CUT:K:STRIDE:BITS:LAMBDA, comma-separated "
                                        "(default bench/bottleneck.py's GRID)")
     parser.add_argument("--prune-grid", help="--methods prune: settings CUT:KEEP:BITS, comma-separated "
@@ -840,7 +842,11 @@ def main(argv: list[str] | None = None) -> None:
 
         grid = settings(args.grid, bottleneck.GRID, (str, int, int, int, float))
         prune_grid = settings(args.prune_grid, bottleneck.PRUNE_GRID, (str, int, int))
-        result = bottleneck.run(methods, grid=grid, prune_grid=prune_grid, steps=args.steps)
+        if args.from_cache:
+            result = {"rows": [r for r in bottleneck.cached_rows() if r["method"] in methods],
+                      "note": "rows measured earlier, collected from .cache/bottleneck/rows (see each row's measured_at)"}
+        else:
+            result = bottleneck.run(methods, grid=grid, prune_grid=prune_grid, steps=args.steps)
         if out is not None:
             result.update(git=git_revision(), command=shlex.join(["python", *sys.argv]), machine=machine_info(0),
                           created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), how=bottleneck.HOW)
