@@ -155,3 +155,25 @@ def test_bottleneck_artifact_parity(tmp_path):
         ts, tm, tf = tail_g(torch.from_numpy(decoded), torch.from_numpy(prev), torch.zeros(1))
     assert np.allclose(feats, tf.numpy(), rtol=1e-4, atol=1e-4)
     assert np.allclose(score, ts.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_pca_init_reconstructs_with_every_component():
+    """The linear bottleneck, PCA-initialised with as many components as channels and fine codes, is close
+    to the identity; with the background map it subtracts and adds back the per-location mean."""
+    tail, data = _synthetic()
+    x = torch.from_numpy(data["00"][0][:2].astype(np.float32))
+    cfg = _cfg(channels=8, stride=1, bits=8, arch="linear", init="pca", background=True, steps=0)
+    model, info = bn.train(cfg, tail, data)
+    assert info["init"]["explained_variance"] == pytest.approx(1.0)
+    assert model.background.shape == (1, 8, 16, 16) and model.background.abs().sum() > 0
+    err = ((model.decode(model.codes(x)) - x) ** 2).mean() / x.var()
+    assert err < 1e-3
+
+
+def test_linear_background_save_load(tmp_path):
+    tail, data = _synthetic()
+    model, _ = bn.train(_cfg(channels=3, stride=2, arch="linear", init="pca", background=True, steps=2), tail, data)
+    bn.save(model, tmp_path / "b.safetensors", {})
+    back, _ = bn.load(tmp_path / "b.safetensors", 8)
+    x = torch.from_numpy(data["01"][0][:2].astype(np.float32))
+    assert torch.equal(back.codes(x), model.codes(x)) and torch.equal(back.background, model.background)
