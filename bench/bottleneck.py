@@ -362,3 +362,16 @@ def merge(result: dict, path: Path) -> None:
     doc.setdefault("extra_runs", {})["bottleneck_prune"] = {
         k: v for k, v in result.items() if k != "rows"}
     path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+
+
+def markdown(rows: list[dict]) -> str:
+    """The README's table of the bottleneck and prune rows."""
+    lines = ["| method | setting | codes | entropy B/frame | zstd B/frame | AUROC [95% CI] | drop | smoothed | "
+             "head MFLOPs (÷ full) |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["method"], r["bytes_per_frame"])):
+        lines.append(
+            f"| {r['method']} | {r['setting']} | {'×'.join(map(str, r['code_shape']))} | {r['bytes_per_frame']:,.0f} | "
+            f"{r['zstd_bytes_per_frame']:,.0f} | {r['auroc']:.3f} [{r['auroc_lo']:.3f}, {r['auroc_hi']:.3f}] | "
+            f"{100 * r['auroc_drop']:+.1f} pt | {r['auroc_smoothed']:.3f} | {r['head_mflops']:,.0f} "
+            f"({r['head_fraction_of_full_model']:.3f}) |")
+    return "\n".join(lines) + "\n"
