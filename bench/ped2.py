@@ -560,7 +560,7 @@ def median_of(fn, items) -> float:
     return 1e3 * float(np.median(times))
 
 
-FAMILIES = ("split", "h264", "h265", "jpeg", "webp")
+FAMILIES = ("split", "h264", "h265", "jpeg", "webp", "bottleneck", "prune")  # the last two: --methods rows
 
 
 def summarize(rows: list[dict], key: str = "auroc") -> dict:
