@@ -575,6 +575,7 @@ def load(path: Path, cin: int) -> tuple[Bottleneck, dict]:
         md = f.metadata()
     cfg = BottleneckConfig(**json.loads(md["config"]))
     state = load_file(str(path))
+    state.setdefault("background", torch.zeros(1, cin, 1, 1))  # weights saved before the background map existed
     model = Bottleneck(cfg, cin, tuple(state["background"].shape[2:]))
     model.load_state_dict(state)
     return model.eval(), json.loads(md.get("meta", "{}"))
