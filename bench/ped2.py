@@ -560,7 +560,7 @@ def median_of(fn, items) -> float:
     return 1e3 * float(np.median(times))
 
 
-FAMILIES = ("split", "h264", "h265", "jpeg", "webp")
+FAMILIES = ("split", "h264", "h265", "jpeg", "webp", "bottleneck", "prune")  # the last two: --methods rows
 
 
 def summarize(rows: list[dict], key: str = "auroc") -> dict:
@@ -805,6 +805,15 @@ def main(argv: list[str] | None = None) -> None:
                              f"{DEFAULT_CACHE.relative_to(REPO)}); --cache '' disables it")
     parser.add_argument("--out", type=Path, help=f"folder for ped2.json and ped2.png (default "
                                                  f"{RESULTS.relative_to(REPO)}, none with --quick)")
+    parser.add_argument("--methods", help="run only these new row families and merge them into the existing "
+                                          "ped2.json (replacing their old rows): bottleneck, prune (bench/bottleneck.py)")
+    parser.add_argument("--steps", type=int, help="--methods bottleneck: training steps per setting")
+    parser.add_argument("--from-cache", action="store_true",
+                        help="--methods: measure nothing, merge every row measured so far (.cache/bottleneck/rows)")
+    parser.add_argument("--grid", help="--methods bottleneck: settings CUT:K:STRIDE:BITS:LAMBDA, comma-separated "
+                                       "(default bench/bottleneck.py's GRID)")
+    parser.add_argument("--prune-grid", help="--methods prune: settings CUT:KEEP:BITS, comma-separated "
+                                             "(default bench/bottleneck.py's PRUNE_GRID)")
     parser.add_argument("--report", type=Path, metavar="JSON",
                         help="print the README's markdown tables from a ped2.json and exit (runs nothing)")
     args = parser.parse_args(argv)
@@ -812,6 +821,38 @@ def main(argv: list[str] | None = None) -> None:
         print(markdown(json.loads(args.report.read_text())), end="")
         return
     out = args.out if args.out else (None if args.quick else RESULTS)
+    if args.methods:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if bad := [m for m in methods if m not in ("bottleneck", "prune")]:
+            raise SystemExit(f"--methods: {bad}: only bottleneck and prune run alone (the full run does the rest)")
+        from bench import bottleneck
+
+        def settings(text, default, types):
+            """CUT:K:...; bottleneck settings may end in :key=value options of BottleneckConfig (arch=linear,
+            init=pca, background=1, step=2, steps=0, pretrain_steps=...)."""
+            if not text:
+                return default
+            out = []
+            for item in (i for i in text.split(",") if i.strip()):
+                parts = item.split(":")
+                row = tuple(t(v) for t, v in zip(types, parts[: len(types)], strict=True))
+                opts = dict(kv.split("=", 1) for kv in parts[len(types):])
+                out.append((*row, opts) if opts else row)
+            return tuple(out)
+
+        grid = settings(args.grid, bottleneck.GRID, (str, int, int, int, float))
+        prune_grid = settings(args.prune_grid, bottleneck.PRUNE_GRID, (str, int, int))
+        if args.from_cache:
+            result = {"rows": [r for r in bottleneck.cached_rows() if r["method"] in methods],
+                      "note": "rows measured earlier, collected from .cache/bottleneck/rows (see each row's measured_at)"}
+        else:
+            result = bottleneck.run(methods, grid=grid, prune_grid=prune_grid, steps=args.steps)
+        if out is not None:
+            result.update(git=git_revision(), command=shlex.join(["python", *sys.argv]), machine=machine_info(0),
+                          created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), how=bottleneck.HOW)
+            bottleneck.merge(result, out / "ped2.json")
+            print(f"merged {len(result['rows'])} rows into {out / 'ped2.json'}")
+        return
 
     def ints(s, default):
         return tuple(int(x) for x in s.split(",") if x.strip()) if s is not None else default

@@ -258,6 +258,86 @@ def report_cmd(
 
 
 @app.command()
+def bottleneck(
+    model: Annotated[str, typer.Argument(help="a known model (mobilenet_v2) or package.module:function")],
+    cut: Annotated[str, typer.Option(help="where to cut (a stage of `split --list`)")] = "block3",
+    channels: Annotated[int, typer.Option(min=1, help="K, the code channels")] = 4,
+    stride: Annotated[int, typer.Option(min=1, max=2, help="the encoder's spatial stride (1 or 2)")] = 2,
+    bits: Annotated[int, typer.Option(min=1, max=8, help="B: codes in 0..2^B-1")] = 3,
+    lam: Annotated[float, typer.Option("--lambda", min=0, help="rate weight (normalized distortion per kB/frame)")] = 0.01,
+    steps: Annotated[int, typer.Option(min=1, help="training steps")] = 200,
+    batch: Annotated[int, typer.Option(min=1, help="pairs of frames `gap` apart per step")] = 6,
+    hidden: Annotated[int, typer.Option(min=1, help="the encoder's hidden channels (edge FLOPs)")] = 16,
+    seed: Annotated[int, typer.Option(help="training seed (training is deterministic for a seed)")] = 0,
+    gap: Annotated[int, typer.Option(min=1, help="the scorer sees the feature change over this many frames")] = 2,
+    topk: Annotated[int, typer.Option(min=1, help="a frame's score is the mean of its topk most anomalous locations")] = 50,
+    bank_size: Annotated[int, typer.Option(min=16, help="normal patches kept in the scorer's memory bank")] = 1024,
+    weights: Annotated[Path | None, typer.Option(help="trained bottleneck weights (.safetensors): export without training")] = None,
+    cache: Annotated[Path, typer.Option(help="cache of the teacher's activations")] = Path(".cache") / "bottleneck",
+    out: Annotated[Path, typer.Option(help="artifact directory to write")] = Path("artifacts") / "bottleneck",
+) -> None:
+    """Train a learned bottleneck at CUT by head-network distillation on the normal Ped2 training videos
+    and export it as an artifact: head.onnx ends in the encoder and quantizer (uint8 codes, K channels),
+    tail.onnx starts with the dequantizer and decoder; the scorer is fitted through the bottleneck."""
+    import torch
+    from rich.console import Console
+
+    from splitter import bottleneck as bn
+    from splitter.export import SplitConfig, Splitter
+    from splitter.features import progress_bar
+
+    console = Console(stderr=True)
+    cfg = SplitConfig(model=model, gap=gap, topk=topk, bank_size=bank_size, cut=cut, bits=bits)
+    if weights is None:
+        sp = Splitter(cfg, quiet=True)
+        _, _, tail = bn.cut_and_tail(sp, cut)
+        train_data = bn.FeatureCache(sp, cut, cache).get("fit", sp.training_videos(False))
+        bcfg = bn.BottleneckConfig(cut=cut, channels=channels, stride=stride, bits=bits, lam=lam, steps=steps,
+                                   batch=batch, hidden=hidden, seed=seed, gap=gap)
+        torch.manual_seed(seed)
+        with progress_bar(console=console, transient=False) as bar:
+            net, info = bn.train(bcfg, tail, train_data, progress=bar)
+        meta = {**info, "train_data": "Ped2 training videos less held-out " + ",".join(cfg.heldout) + ", all frames"}
+        weights = out / "bottleneck.safetensors"
+        sha = bn.save(net, weights, meta)
+        console.print(f"trained in {info['seconds']:.0f} s: {info['final']}; weights {weights} sha256 {sha[:16]}")
+        del sp, train_data
+    cin = None
+    for c in Splitter(cfg, quiet=True).stage_cuts:
+        if c.name == cut:
+            cin = c.shape[0]
+    if cin is None:
+        raise typer.BadParameter(f"no stage cut named {cut!r}")
+    net, meta = bn.load(weights, cin)
+    sp = bn.bottleneck_splitter(cfg, net, weights, meta)
+    # the scorer is fitted through the bottleneck on the fit videos' cut activations (cached, onnxruntime)
+    sp.fit_cache = bn.FeatureCache(sp, cut, cache).get("fit", sp.training_videos(False))
+    manifest = sp.export(out, cut, net.cfg.bits)
+    typer.echo(f"wrote artifact {manifest['artifact_id']} to {out} (codes {manifest['cut']['tensors'][0]['shape']})")
+
+
+@app.command()
+def prune(
+    model: Annotated[str, typer.Argument(help="a known model (mobilenet_v2) or package.module:function")],
+    cut: Annotated[str, typer.Option(help="where to cut")] = "block3",
+    keep_channels: Annotated[int, typer.Option(min=1, help="N, the channels sent (highest code entropy)")] = 8,
+    bits: Annotated[int, typer.Option(min=1, max=8, help="quantizer bits")] = 3,
+    gap: Annotated[int, typer.Option(min=1, help="the scorer sees the feature change over this many frames")] = 2,
+    topk: Annotated[int, typer.Option(min=1, help="a frame's score is the mean of its topk most anomalous locations")] = 50,
+    bank_size: Annotated[int, typer.Option(min=16, help="normal patches kept in the scorer's memory bank")] = 1024,
+    out: Annotated[Path, typer.Option(help="artifact directory to write")] = Path("artifacts") / "prune",
+) -> None:
+    """Entropy-guided channel pruning at CUT (training-free): the head sends the N channels of highest
+    code entropy at BITS, the tail fills the others with their mean; the scorer is fitted through it."""
+    from splitter import bottleneck as bn
+    from splitter.export import SplitConfig
+
+    cfg = SplitConfig(model=model, gap=gap, topk=topk, bank_size=bank_size, cut=cut, bits=bits)
+    manifest = bn.prune_splitter(cfg, keep_channels).export(out, cut, bits)
+    typer.echo(f"wrote artifact {manifest['artifact_id']} to {out} (codes {manifest['cut']['tensors'][0]['shape']})")
+
+
+@app.command()
 def edge(
     artifact: Annotated[Path | None, typer.Option(help="artifact directory")] = None,
     source: Annotated[str | None, typer.Option(help="video file, image folder, webcam index or rtsp:// URL")] = None,

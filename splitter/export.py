@@ -90,13 +90,22 @@ class Splitter:
         """Fit (once) the k-NN motion scorer on the float model's features of normal videos."""
         if self._scorer is None:
             fit = ScorerFit(gap=self.cfg.gap)
-            net = self.features_until(self.feature_layer)
+            net = self.scorer_net()
             for _, feats in run_videos(
                 net, self.training_videos(False), self.size, "fit scorer", quiet=self.quiet, bar=self.bar
             ):
                 fit.add_video(feats)
             self._scorer = fit.build(self.cfg.bank_size, self.cfg.topk).eval()
         return self._scorer
+
+    def scorer_net(self) -> nn.Module:
+        """frames -> the features the scorer is fitted on: the float model's, or a subclass's path through
+        its cut (e.g. splitter.bottleneck fits the scorer on the features decoded from the bottleneck)."""
+        return self.features_until(self.feature_layer)
+
+    def manifest_extra(self, cut: Cut) -> dict:
+        """Entries a subclass adds to the manifest (a bottleneck's description); none here."""
+        return {}
 
     # -- per cut ----------------------------------------------------------------------------
     def calibration_videos(self) -> dict[str, list[Path]]:
@@ -213,8 +222,8 @@ class Splitter:
             "cut": {
                 "name": cut.name,
                 "stage": cut.stage,
-                "tensors": [
-                    {"name": n, "shape": list(t.shape), "dtype": "uint8"} for n, t in zip(names, cut.tensors, strict=True)
+                "tensors": [  # the shapes of the codes the head sends (the cut's own, unless a bottleneck reshapes it)
+                    {"name": n, "shape": list(feeds["tail"][n].shape[1:]), "dtype": "uint8"} for n in names
                 ],
                 "elements": cut.elements,
                 "float_bytes": cut.raw_bytes,
@@ -228,6 +237,7 @@ class Splitter:
             "split_config": dict(asdict(cfg), cut=cut.name, bits=bits, coder=coder, feature_layer=self.feature_layer),
             "created_by": {"infocut": infocut.__version__, "torch": torch.__version__.split("+")[0], "opset": OPSET},
         }
+        manifest.update(self.manifest_extra(cut))
         if cfg.task == "classify":
             manifest["task"] = "classify"
             manifest["scorer"] = {"kind": "none", "threshold": None}
