@@ -660,24 +660,20 @@ def _splitter_class():
             return super().export(out, *args, **kw)
 
         @torch.no_grad()
-        def threshold(self, head_g, tail_g) -> float:
-            """Splitter.threshold with the written head.onnx in onnxruntime for the head (the costly part)."""
+        def heldout_codes(self, head_g):
+            """Splitter.heldout_codes with the written head.onnx in onnxruntime (the costly part)."""
             if self._out is None or not (self._out / "head.onnx").exists():
-                return super().threshold(head_g, tail_g)
+                return super().heldout_codes(head_g)
             import onnxruntime as ort
 
-            from splitter.export import score_video
             from splitter.features import load_frames
 
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = 2
             head = ort.InferenceSession(str(self._out / "head.onnx"), opts, providers=["CPUExecutionProvider"])
-            scores = []
-            for _, paths in self.training_videos(True).items():
-                codes = np.concatenate([head.run(None, {"image": load_frames(paths[i : i + 4], self.size)})[0]
-                                        for i in range(0, len(paths), 4)])
-                scores.append(score_video(tail_g, torch.from_numpy(codes), self.cfg.gap))
-            return float(np.quantile(np.concatenate(scores), self.cfg.threshold_quantile))
+            return [(np.concatenate([head.run(None, {"image": load_frames(paths[i : i + 4], self.size)})[0]
+                                     for i in range(0, len(paths), 4)]),)
+                    for paths in self.training_videos(True).values()]
 
         def _parts(self):
             from splitter.cuts import find_cut, split
