@@ -20,8 +20,8 @@ times the head alone, cut at earlier stages and at smaller inputs (subgraphs of 
 left out), to show where 30 fps is reached.
 
 On a machine shared with other work the wall figures swing (the load average is printed and kept in
-the JSON); the CPU figures hold up better. `--no-spin` turns onnxruntime's spin-waiting off in every
-mode (an experiment: the agent does not do this).
+the JSON); the CPU figures hold up better. onnxruntime's threads sleep between ops in every mode,
+as the agent's default (`spin: false`); `--spin` turns spin-waiting on everywhere.
 
     python bench/edge.py                     # bundled clip, demo artifact: about a minute on 2 idle cores
     python bench/edge.py --frames 180 --repeat 3 --threads 2 --cores 2 --artifact artifacts/demo
@@ -111,17 +111,6 @@ def ort_session(path, threads: int, spin: bool = True):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def no_spinning_in_edge() -> None:
-    """--no-spin: the agent's head session too, built with onnxruntime's spin-waiting off (an experiment)."""
-    import edge.head
-
-    def session(path, threads: int = 0, providers=None):
-        assert providers is None, "the experiment only covers the CPU provider"
-        return ort_session(path, threads, spin=False)
-
-    edge.head.session = session
-
-
 class ThreadCPU:
     """CPU seconds of each thread of this process, from /proc, sampled until stopped (a thread that ends
     keeps its last sample), grouped by what runs in it: where the pipeline's CPU goes, busy machine or not."""
@@ -188,7 +177,7 @@ def bare(args) -> dict:
 
     art = load_artifact(args.artifact)
     frames, decode_s, prep_s = load_frames(args.source, art.input_size, min(args.frames, 32))
-    sess = ort_session(art.head_path, args.threads, spin=not args.no_spin)
+    sess = ort_session(art.head_path, args.threads, spin=args.spin)
     for f in frames[:WARMUP]:
         sess.run(None, {"image": f[None]})
     order = [frames[i % len(frames)] for i in range(args.frames)]  # a few distinct frames, cycled: modest RSS
@@ -249,13 +238,11 @@ def agent(args) -> dict:
     from edge.config import EdgeConfig
 
     logging.basicConfig(level=logging.WARNING)
-    if args.no_spin:
-        no_spinning_in_edge()
     spool = Path(tempfile.mkdtemp(prefix="edge-bench-spool-"))
     try:
         cfg = EdgeConfig(artifact=args.artifact, cloud=args.cloud, spool={"dir": spool},
                          cameras=[{"id": "bench", "source": args.source, "max_frames": args.frames,
-                                   "threads": args.threads, "policy": "lossless"}])
+                                   "threads": args.threads, "policy": "lossless", "spin": args.spin}])
         cam = agent_mod.Camera(cfg.cameras[0], cfg.backoff_s)
         timers = StageTimes()
         open_source = agent_mod.open_source
@@ -342,7 +329,7 @@ def sweep(args) -> dict:
             sub = Extractor(model).extract_model(["image"], [tensor])
             path = Path(tmp) / f"{cut}.onnx"
             onnx.save(sub, str(path))
-            sess = ort_session(path, args.threads, spin=not args.no_spin)
+            sess = ort_session(path, args.threads, spin=args.spin)
             for h, w in SWEEP_SIZES:
                 frames, _, _ = load_frames(args.source, (h, w), 4)
                 for f in frames[:2]:
@@ -407,7 +394,7 @@ def run_worker(args, mode: str, **extra) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         cmd = [sys.executable, __file__, "--worker", mode, "--out", f.name, "--frames", str(args.frames),
                "--threads", str(args.threads), "--cores", str(args.cores), "--artifact", str(args.artifact),
-               "--source", args.source] + (["--no-spin"] if args.no_spin else [])
+               "--source", args.source] + (["--spin"] if args.spin else [])
         for k, v in extra.items():
             cmd += [f"--{k}", str(v)]
         subprocess.run(cmd, check=True, cwd=REPO)
@@ -547,8 +534,8 @@ def main() -> None:
     parser.add_argument("--source", default=str(DEMO_CLIP), help="video file or folder of frames (e.g. a Ped2 video)")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "edge.json")
     parser.add_argument("--repeat", type=int, default=1, help="runs per mode, interleaved; the median is reported")
-    parser.add_argument("--no-spin", action="store_true", help="onnxruntime intra-op threads sleep instead of "
-                        "spin-waiting, in every mode (an experiment: the edge does not do this)")
+    parser.add_argument("--spin", action="store_true", help="onnxruntime intra-op threads spin-wait between ops, "
+                        "in every mode (the edge's `spin: true`; by default they sleep, as the edge's default)")
     parser.add_argument("--no-cloud", action="store_true", help="skip the run against a real cloud")
     parser.add_argument("--no-sweep", action="store_true", help="skip the head sweep over cuts and input sizes")
     parser.add_argument("--worker", choices=("bare", "agent", "sweep"), help=argparse.SUPPRESS)
@@ -572,7 +559,7 @@ def main() -> None:
     desc = f"{m['model']['name']} cut at {m['cut']['name']}, {art.input_size[0]}x{art.input_size[1]}, " \
            f"{art.bits} bits, {art.coder}"
     result = {"artifact": str(args.artifact), "artifact_id": art.id, "artifact_desc": desc, "source": args.source,
-              "frames": args.frames, "threads": args.threads, "cores": args.cores, "repeat": args.repeat, "ort_spinning": not args.no_spin, "git": git_revision(),
+              "frames": args.frames, "threads": args.threads, "cores": args.cores, "repeat": args.repeat, "ort_spinning": args.spin, "git": git_revision(),
               "machine": machine_info(args.threads), "command": " ".join(sys.argv), "loadavg_start": os.getloadavg(),
               "overhead_definition": "bare fps / pipeline fps - 1 (the pipeline's extra time per frame); "
                                      "cpu overhead: pipeline CPU s per frame / bare CPU s per frame - 1"}

@@ -60,7 +60,7 @@ class Camera:
             self.outbox = Outbox(self.spool, cfg.outbox_frames, sp.mode)
             credentials = None if cfg.tls is None else tls.channel_credentials(cfg.tls.ca, cfg.tls.cert, cfg.tls.key)
             token = cfg.bearer_token()
-            self.head = Head(self.artifact, cfg.threads, cfg.providers)
+            self.head = Head(self.artifact, cfg.threads, cfg.providers, cfg.spin)
         except (OSError, ValueError, SpoolError) as e:  # ConfigError, TLSError, ProviderError are ValueErrors
             if hasattr(self, "spool"):
                 self.spool.close()
