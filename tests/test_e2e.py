@@ -154,11 +154,12 @@ def test_bad_frames_are_rejected_alone(stub, demo_artifact):
     shape = (1, *demo_artifact.cut_shapes[0])
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 2**demo_artifact.bits, size=shape, dtype=np.uint8)
-    good = encode_frame([codes], demo_artifact.bits, demo_artifact.coder)
+    models = demo_artifact.entropy_models
+    good = encode_frame([codes], demo_artifact.bits, demo_artifact.coder, models=models)
     flipped = bytearray(good)
     flipped[len(flipped) // 2] ^= 0x10
-    wrong_shape = encode_frame([codes[:, :, :-1]], demo_artifact.bits, demo_artifact.coder)
-    wrong_bits = encode_frame([codes >> 1], demo_artifact.bits - 1, demo_artifact.coder)
+    wrong_shape = encode_frame([codes[:, :, :-1]], demo_artifact.bits, demo_artifact.coder, models=models)
+    wrong_bits = encode_frame([codes >> 1], demo_artifact.bits - 1, "zstd")  # the artifact's tables are for its bits
     tensors = [good, bytes(flipped), good[:-7], wrong_shape, wrong_bits, b"", good]
     msgs = [frame_msg(demo_artifact, seq, t, camera="bad-frames") for seq, t in enumerate(tensors)]
     results = list(stub.Stream(iter(msgs), metadata=[(ARTIFACT_HEADER, demo_artifact.id)], timeout=60))
@@ -178,7 +179,8 @@ def test_bad_frames_are_rejected_alone(stub, demo_artifact):
 
 def test_duplicate_frame_returns_stored_result(stub, demo_artifact):
     codes = np.zeros((1, *demo_artifact.cut_shapes[0]), np.uint8)
-    frame = frame_msg(demo_artifact, 7, encode_frame([codes], demo_artifact.bits, demo_artifact.coder), "dup")
+    data = encode_frame([codes], demo_artifact.bits, demo_artifact.coder, models=demo_artifact.entropy_models)
+    frame = frame_msg(demo_artifact, 7, data, "dup")
     first = stub.Submit(frame, timeout=30)
     again = stub.Submit(frame, timeout=30)
     assert first.status.code == 0 and not first.duplicate

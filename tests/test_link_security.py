@@ -91,7 +91,7 @@ def tensor() -> bytes:
     art = load_artifact(DEMO_ARTIFACT)
     with open_source(str(CLIP)) as src:
         image = to_input(next(iter(src)).image, art.input_size)
-    return encode_frame(Head(art, threads=1)(image[None]), art.bits, art.coder)
+    return encode_frame(Head(art, threads=1)(image[None]), art.bits, art.coder, models=art.entropy_models)
 
 
 @pytest.fixture(scope="module")
