@@ -323,7 +323,7 @@ def test_report_agreement(capsys):
 
 
 def test_manifest_has_every_contract_field(small_artifact):
-    from codec import QuantParams
+    from codec import EntropyModel, QuantParams
     from edge.head import Head
     from infocut.artifact import SCHEMA_VERSION, artifact_id, load_artifact, sha256_file
 
@@ -344,7 +344,9 @@ def test_manifest_has_every_contract_field(small_artifact):
     assert m["quantizer"]["per_channel"] is True and m["quantizer"]["percentile"] == 99.99
     [q] = [QuantParams.from_json(t) for t in m["quantizer"]["tensors"]]
     assert q.bits == 4 and q.axis == 1 and q.scale.shape == (32,)
-    assert m["coder"]["name"] == "zstd"
+    assert m["coder"]["name"] == "ans" and m["coder"]["key_interval"] == 8
+    [model] = [EntropyModel.from_json(t) for t in m["coder"]["tensors"]]  # fitted on the held-out video
+    assert model.bits == 4 and model.intra.shape == (32, 16) and model.inter.shape == (32, 16, 16)
     assert m["task"] == "anomaly" and m["scorer"]["kind"] == "knn-motion"
     assert math.isfinite(m["scorer"]["threshold"]) and m["scorer"]["threshold"] > 0
     assert set(m["files"]) == {"head", "tail"}
