@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,15 @@ def _fewer(fn):
         return vids if heldout else dict(list(vids.items())[:3])
 
     return wrapped
+
+
+def stop_process(proc: subprocess.Popen) -> str:
+    """Stop a node the way an operator would (SIGINT, then SIGKILL after 15 s); return its piped output."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.stdout.read() if proc.stdout is not None else ""

@@ -33,7 +33,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from infocut.settings import REPO
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -62,16 +62,6 @@ def start_cloud(artifact: Path, db: Path, grpc_port: int, delay_s: float = 0.0) 
             except grpc.RpcError:
                 assert time.monotonic() < deadline, "cloud not serving after 90 s"
                 time.sleep(0.3)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def start_edge(artifact: Path, cloud: str, frames: Path, spool: Path, camera: str, *extra: str,
@@ -206,7 +196,7 @@ def cloud(small_artifact, tmp_path_factory):
     port = free_port()
     proc = start_cloud(small_artifact, db, port)
     yield {"addr": f"127.0.0.1:{port}", "db": db}
-    stop(proc)
+    stop_process(proc)
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +206,7 @@ def slow_cloud(small_artifact, tmp_path_factory):
     port = free_port()
     proc = start_cloud(small_artifact, db, port, delay_s=0.15)
     yield {"addr": f"127.0.0.1:{port}", "db": db}
-    stop(proc)
+    stop_process(proc)
 
 
 def assert_scored_exactly_once(db: Path, camera: str, offline: np.ndarray | None = None) -> None:
@@ -262,7 +252,7 @@ def test_cloud_sigkill_and_restart_on_the_same_db(small_artifact, frames, tmp_pa
         out, counts = finish(edge)
     finally:
         edge.kill()
-        stop(cloud)
+        stop_process(cloud)
     assert before < N, "the cloud died mid-stream"
     assert counts["reconnects"] >= 1
     assert counts["captured"] == counts["acked"] == N and counts["dropped"] == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -22,7 +21,7 @@ from infocut import tls
 from infocut.settings import DEMO_ARTIFACT, REPO
 from protos import infocut_pb2 as pb
 from protos import infocut_pb2_grpc as pb_grpc
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_process
 from tests.pki import make_pki
 
 CLIP = REPO / "assets" / "ped2_test01.mp4"
@@ -46,16 +45,6 @@ def start_cloud(tmp: Path, *extra: str) -> tuple[subprocess.Popen, int, Path]:
         except OSError:
             assert time.monotonic() < deadline, "cloud not listening after 90 s"
             time.sleep(0.3)
-
-
-def stop(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.stdout.read()
 
 
 def handshake(channel: grpc.Channel, camera: str, token: str | None = None, artifact_id: str | None = None):
@@ -103,7 +92,7 @@ def tls_cloud(pki, tmp_path_factory):
     proc, port, db = start_cloud(tmp, "--tls-cert", str(pki["server.pem"]), "--tls-key", str(pki["server.key"]),
                                  "--tokens", str(table))
     yield {"addr": f"localhost:{port}", "port": port, "db": db, "proc": proc}
-    out = stop(proc)
+    out = stop_process(proc)
     assert TOKEN_A not in out and TOKEN_B not in out, "no token is ever logged"
 
 
@@ -114,7 +103,7 @@ def mtls_cloud(pki, tmp_path_factory):
     proc, port, db = start_cloud(tmp, "--tls-cert", str(pki["server.pem"]), "--tls-key", str(pki["server.key"]),
                                  "--tls-client-ca", str(pki["ca.pem"]))
     yield {"addr": f"127.0.0.1:{port}", "port": port, "db": db, "proc": proc}
-    out = stop(proc)
+    out = stop_process(proc)
     assert out.count("no token table") == 1, out
 
 
