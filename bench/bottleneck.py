@@ -63,20 +63,17 @@ def scores_through(fn, fit, test, cfg, batch: int = 8) -> tuple[np.ndarray, obje
     """Fit the scorer on fn(cut activations) of the fit videos, score the test frames with it.
     fn: a torch module, float32 (N, C, H, W) at the cut -> scored features; run as ONNX in onnxruntime
     (as the tail runs in the cloud, and several times faster than torch on this CPU)."""
-    import io
-
     import onnxruntime as ort
     import torch
 
+    from splitter.onnxgraph import to_onnx
     from splitter.scorer import ScorerFit, lagged
 
     c0 = next(iter(fit.values()))[0]
-    buf = io.BytesIO()
-    torch.onnx.export(fn.eval(), (torch.zeros(1, *c0.shape[1:]),), buf, input_names=["x"], output_names=["f"],
-                      dynamic_axes={"x": {0: "n"}, "f": {0: "n"}}, opset_version=17, dynamo=False)
+    graph = to_onnx(fn, (torch.zeros(1, *c0.shape[1:]),), ["x"], ["f"])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
     def feats(cut):
         return torch.from_numpy(np.concatenate([sess.run(None, {"x": cut[i : i + batch].astype(np.float32)})[0]

@@ -267,9 +267,9 @@ class FeatureCache:
     def _session(self):
         """image -> (cut activations, scored features) as one ONNX graph in onnxruntime (several times
         faster than torch's CPU depthwise convolutions)."""
-        import io
-
         import onnxruntime as ort
+
+        from splitter.onnxgraph import to_onnx
 
         _, head, tail = cut_and_tail(self.sp, self.cut_name)
         pre = self.sp.preprocess
@@ -283,14 +283,11 @@ class FeatureCache:
                 a = self.head(pre(image))
                 return a, self.tail(a)
 
-        buf = io.BytesIO()
         frame = torch.zeros(1, *self.sp.size, 3, dtype=torch.uint8)
-        torch.onnx.export(Both().eval(), (frame,), buf, input_names=["image"], output_names=["cut", "feat"],
-                          dynamic_axes={"image": {0: "n"}, "cut": {0: "n"}, "feat": {0: "n"}}, opset_version=17,
-                          dynamo=False)
+        graph = to_onnx(Both(), (frame,), ["image"], ["cut", "feat"])
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 2
-        return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
     def key(self, split: str, vid: str, paths: list[Path]) -> Path:
         from splitter.cache import Cache, digest_frames
@@ -583,16 +580,14 @@ def load(path: Path, cin: int) -> tuple[Bottleneck, dict]:
 
 def onnx_session(module: nn.Module, example: torch.Tensor, threads: int = 2):
     """A torch module as an onnxruntime session with a dynamic batch axis ("x" -> "y")."""
-    import io
-
     import onnxruntime as ort
 
-    buf = io.BytesIO()
-    torch.onnx.export(module.eval(), (example,), buf, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
+    from splitter.onnxgraph import to_onnx
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    graph = to_onnx(module, (example,), ["x"], ["y"])
+    return ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def fit_scorer_on_cache(module: nn.Module, fit: dict, cfg, batch: int = 8):

@@ -6,14 +6,11 @@ ONNX, the quantizer and scorer parameters are ONNX initializers and JSON.
 
 from __future__ import annotations
 
-import io
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
@@ -25,6 +22,7 @@ from splitter.cuts import Cut, find_cut, list_cuts, split
 from splitter.features import run_videos
 from splitter.graphs import AnomalyTailGraph, ClassifierTailGraph, Dequantize, HeadGraph, Preprocess, Quantize
 from splitter.loader import KNOWN, load_model, normalization, resolve
+from splitter.onnxgraph import to_onnx
 from splitter.scorer import MotionKnnScorer, ScorerFit, lagged
 
 OPSET = 17
@@ -269,17 +267,8 @@ class Splitter:
 
 def _onnx(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]) -> None:
     """Export with a dynamic batch axis, deterministically (same bytes for the same weights)."""
-    buf = io.BytesIO()
-    dyn = {name: {0: "batch"} for name in inputs + outputs}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's notes on Slice folding
-        torch.onnx.export(
-            module.eval(), args, buf, input_names=inputs, output_names=outputs, dynamic_axes=dyn,
-            opset_version=OPSET, dynamo=False, do_constant_folding=True,
-        )
-    model = onnx.load_from_string(buf.getvalue())
+    model = to_onnx(module, args, inputs, outputs, opset=OPSET)
     model.producer_name, model.producer_version = "infocut", infocut.__version__
-    onnx.checker.check_model(model)
     path.write_bytes(model.SerializeToString())
 
 

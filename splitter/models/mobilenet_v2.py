@@ -44,12 +44,23 @@ class Conv(nn.Conv2d):
     def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1, relu6: bool = True):
         super().__init__(cin, cout, kernel, stride, groups=groups, bias=True)
         self.relu6 = relu6
+        self.frozen_padding: tuple[int, int, int, int] | None = None
+
+    def padding_for(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom), F.pad's order, for an input of this size."""
+        top, bottom = same_padding(height, self.kernel_size[0], self.stride[0])
+        left, right = same_padding(width, self.kernel_size[1], self.stride[1])
+        return left, right, top, bottom
+
+    def freeze_padding(self, size: tuple[int, int] | None) -> None:
+        """Pad as for inputs of `size` (None: from each input's size). An export freezes it so that the graph pads
+        by constants, which splitter.onnxgraph folds into the conv, rather than by sizes read at run time."""
+        self.frozen_padding = None if size is None else self.padding_for(int(size[0]), int(size[1]))
 
     def forward(self, x):
         if self.kernel_size != (1, 1) or self.stride != (1, 1):
-            top, bottom = same_padding(int(x.shape[-2]), self.kernel_size[0], self.stride[0])
-            left, right = same_padding(int(x.shape[-1]), self.kernel_size[1], self.stride[1])
-            x = F.pad(x, (left, right, top, bottom))
+            pads = self.frozen_padding or self.padding_for(int(x.shape[-2]), int(x.shape[-1]))
+            x = F.pad(x, pads)
         x = self._conv_forward(x, self.weight, self.bias)
         return F.relu6(x) if self.relu6 else x
 
