@@ -35,7 +35,7 @@ from edge.preprocess import to_input
 from edge.providers import short
 from edge.source import Source, SourceError, open_source
 from edge.spool import Spool, SpoolError
-from edge.stages import END, StageQueue
+from edge.stages import END, StageQueue, lower_priority
 from infocut import tls
 from infocut.artifact import load_artifact
 
@@ -83,10 +83,12 @@ class Camera:
                          backoff, self.encoder.request_key, credentials, token)
 
     # -- stages ---------------------------------------------------------------------------------
-    def _stage(self, body: Callable[[], None], downstream: StageQueue | None) -> threading.Thread:
-        """A stage thread: an exception ends the camera with that error; the next stage is closed either way."""
+    def _stage(self, body: Callable[[], None], downstream: StageQueue | None, nice: int = 0) -> threading.Thread:
+        """A stage thread: an exception ends the camera with that error; the next stage is closed either way.
+        `nice`: added to the thread's niceness (Linux: per thread; elsewhere ignored)."""
 
         def target() -> None:
+            lower_priority(nice)
             try:
                 body()
             except Exception as e:  # noqa: BLE001  (reported by run(), the stream of other cameras goes on)
@@ -222,9 +224,9 @@ class Camera:
                      "resume_after_index=%d spooled=%d", self.cfg.id, self.cfg.source, self.cfg.policy,
                      self.cfg.spool.mode, self.cfg.cloud, first_seq, skip - 1, self.spool.depth[0])
             threads = [
-                self._stage(lambda: self._capture(source, first_seq, skip), self.to_head),
+                self._stage(lambda: self._capture(source, first_seq, skip), self.to_head, self.cfg.side_nice),
                 self._stage(self._infer, self.to_encode),
-                self._stage(self._encode, None),
+                self._stage(self._encode, None, self.cfg.side_nice),
                 threading.Thread(target=self._report, daemon=True),
             ]
             for t in threads:

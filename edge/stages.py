@@ -1,4 +1,4 @@
-"""The bounded queue between two pipeline stages, with the two policies of the edge.
+"""The bounded queue between two pipeline stages, with the two policies of the edge; stage priorities.
 
 `realtime`: a full queue drops its oldest item (the consumer is behind; the freshest frame matters
 most) and reports it through `on_drop`. `lossless`: a full queue blocks the producer (backpressure).
@@ -6,6 +6,9 @@ most) and reports it through `on_drop`. `lossless`: a full queue blocks the prod
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -59,3 +62,13 @@ class StageQueue:
     def __len__(self) -> int:
         with self.cv:
             return len(self.items)
+
+
+def lower_priority(nice: int) -> None:
+    """Add `nice` to the calling thread's niceness, not the process's (Linux keeps it per thread; threads it
+    starts inherit it). Elsewhere, or when refused, a no-op: priority is an optimization, not a contract."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError):  # lowering one's own priority needs no privilege
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))

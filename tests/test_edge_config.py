@@ -141,3 +141,29 @@ def test_bad_link_settings_name_the_field(tmp_path):
     cam = load({**base, "token_file": str(tmp_path / "missing")}, "test", environ={}).cameras[0]
     with pytest.raises(ConfigError, match="token_file .*No such file"):
         cam.bearer_token()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_lower_priority_lowers_only_the_calling_thread_and_what_it_starts():
+    import os
+
+    from edge.stages import lower_priority
+
+    def nice_of(tid: int) -> int:
+        return os.getpriority(os.PRIO_PROCESS, tid)
+
+    mine = nice_of(threading.get_native_id())
+    seen: dict[str, int] = {}
+
+    def stage():
+        lower_priority(5)
+        seen["stage"] = nice_of(threading.get_native_id())
+        child = threading.Thread(target=lambda: seen.__setitem__("child", nice_of(threading.get_native_id())))
+        child.start()
+        child.join()
+
+    t = threading.Thread(target=stage)
+    t.start()
+    t.join()
+    assert seen == {"stage": min(19, mine + 5), "child": min(19, mine + 5)}
+    assert nice_of(threading.get_native_id()) == mine  # the caller's (the head's) priority is untouched
