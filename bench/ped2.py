@@ -502,9 +502,9 @@ def with_ans_rows(rows: list[dict], new: list[dict]) -> list[dict]:
     by_key: dict[tuple, list[dict]] = {}
     for r in new:
         by_key.setdefault((r["cut"], r["bits"]), []).append(r)
-    out = []
+    replaced, out = set(by_key), []
     for r in rows:
-        if r["method"] == "split" and r["coder"] in ANS_CODERS and (r["cut"], r["bits"]) in by_key:
+        if r["method"] == "split" and r["coder"] in ANS_CODERS and (r["cut"], r["bits"]) in replaced:
             continue
         out.append(r)
         if r["method"] == "split" and r["coder"] == "zstd":
@@ -781,6 +781,7 @@ def markdown(result: dict) -> str:
             else:
                 lines.append(f"| {fam} | {b['bytes_per_frame']:,.0f} ({b['bytes_p95']:,.0f}) | {b['setting']} | "
                              f"{b[key]:.3f} | {'' if ratio is None else f'{ratio:.1f}×'} |")
+    lines += coders_markdown(result)
     lines += ["", "| method | setting | B/frame (p95) | AUROC [95% CI] | smoothed | head ms | tail ms |",
               "|---|---|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
@@ -789,6 +790,49 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['method']} | {r['setting']} | {r['bytes_per_frame']:,.0f} ({r['bytes_p95']:,.0f}) | "
                      f"{au(r, 'auroc')} | {au(r, 'auroc_smoothed')} | {_ms(r['head_ms'])} | {_ms(r['tail_ms'])} |")
     return "\n".join(lines) + "\n"
+
+
+def smallest_per_coder(rows: list[dict], key: str = "auroc") -> dict:
+    """Per coder of the split, its row of fewest bytes within DROP of unsplit (None: none is)."""
+    ref = next(r for r in rows if r["method"] == "unsplit")[key]
+    out = {}
+    for r in rows:
+        if r["method"] == "split":
+            out.setdefault(r["coder"], None)
+            best = out[r["coder"]]
+            if r[key] is not None and r[key] >= ref - DROP and (best is None or r["bytes_per_frame"] < best["bytes_per_frame"]):
+                out[r["coder"]] = r
+    return out
+
+
+def coders_markdown(result: dict) -> list[str]:
+    """The split per coder: the smallest within 1 point per coder, then every (cut, bits) with ANS rows."""
+    rows = result["rows"]
+    if not any(r["method"] == "split" and r["coder"] in ANS_CODERS for r in rows):
+        return []
+    lines = ["", "| split coder | smallest B/frame within 1 point (p95), raw scores | setting | AUROC | "
+                 "smallest within 1 point, smoothed | setting |", "|---|---:|---|---:|---:|---|"]
+    raw, smooth = smallest_per_coder(rows, "auroc"), smallest_per_coder(rows, "auroc_smoothed")
+    for coder in raw:
+        a, b = raw[coder], smooth[coder]
+        lines.append(f"| {coder} | " + (f"{a['bytes_per_frame']:,.0f} ({a['bytes_p95']:,.0f}) | {a['setting']} | "
+                                        f"{a['auroc']:.3f}" if a else "none | | ") + " | "
+                     + (f"{b['bytes_per_frame']:,.0f} | {b['setting']}" if b else "none | ") + " |")
+    by = {}
+    for r in rows:
+        if r["method"] == "split":
+            by.setdefault((r["cut"], r["bits"]), {})[r["coder"]] = r
+    lines += ["", "| cut | bits | AUROC (drop) | raw | zstd | ans (key frames) | ans-delta (key every 50) (p95) | "
+                  "ans-delta ÷ zstd | ans-delta encode / decode ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (cut, bits), cs in by.items():
+        if "ans-delta" not in cs:
+            continue
+        z, d = cs["zstd"], cs["ans-delta"]
+        au = "dominated by raw" if z["auroc"] is None else f"{z['auroc']:.3f} ({100 * z['auroc_drop']:+.1f} pt)"
+        lines.append(f"| {cut} | {bits} | {au} | {cs['raw']['bytes_per_frame']:,.0f} | {z['bytes_per_frame']:,.0f} | "
+                     f"{cs['ans']['bytes_per_frame']:,.0f} | {d['bytes_per_frame']:,.0f} ({d['bytes_p95']:,.0f}) | "
+                     f"{d['bytes_per_frame'] / z['bytes_per_frame']:.2f} | {d['encode_ms']:.1f} / {d['decode_ms']:.1f} |")
+    return lines
 
 
 def table(rows: list[dict], title: str):
@@ -827,6 +871,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ref = next(r for r in rows if r["method"] == "unsplit")
     cuts = list(dict.fromkeys(r["cut"] for r in rows if r["method"] == "split"))
     cmap = plt.get_cmap("Blues")  # the split's family colour, darker for later cuts
+    coders = {r["coder"] for r in rows if r["method"] == "split"}
+    lead = "ans-delta" if "ans-delta" in coders else "zstd"  # the coder whose line is labelled
     fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), sharey=True)
     for ax, key, name in ((axes[0], "auroc", "raw frame scores"),
                           (axes[1], "auroc_smoothed", f"causal max over the last {SMOOTH_SECONDS:g} s")):
@@ -841,15 +887,17 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                             xytext=(3, -9), fontsize=6, color=COLORS[fam])
         for i, cut in enumerate(cuts):
             color = cmap(0.4 + 0.6 * i / max(1, len(cuts) - 1))
-            for coder, style, alpha in (("zstd", "s-", 0.95), ("raw", "x:", 0.45)):
+            for coder, style, alpha in (("ans-delta", "o-", 0.95), ("ans", "^-.", 0.6), ("zstd", "s--", 0.6),
+                                        ("raw", "x:", 0.35)):
                 rs = sorted((r for r in rows if r["method"] == "split" and r["cut"] == cut and r["coder"] == coder
                              and r[key] is not None),
                             key=lambda r: r["bytes_per_frame"])
                 if not rs:
                     continue
+                label = f"split {cut} ({coder})" if coder == lead else None
                 ax.plot([r["bytes_per_frame"] for r in rs], [r[key] for r in rs], style, color=color, alpha=alpha,
-                        ms=4, lw=1.2, label=f"split {cut} ({coder})" if coder == "zstd" else None)
-                if coder == "zstd":
+                        ms=4, lw=1.2, label=label)
+                if coder == lead:
                     for r in rs:
                         ax.annotate(str(r["bits"]), (r["bytes_per_frame"], r[key]), textcoords="offset points",
                                     xytext=(2, 4), fontsize=6, color=color)
@@ -865,8 +913,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     axes[0].set_ylim(max(0.4, lo - 0.02), min(1.0, max(ref["auroc"], ref["auroc_smoothed"]) + 0.02))
     axes[0].set_ylabel("frame-level AUROC, Ped2 test")
     axes[1].legend(loc="lower right", fontsize=7, ncol=2)
-    fig.suptitle(title + "\nsplit lines: bits 8..2 per cut (zstd solid, raw coder dotted); rival labels: CRF / quality",
-                 fontsize=10)
+    lines = ("ANS delta frames (key every 50) solid, ANS key frames only dash-dot, zstd dashed, raw dotted"
+             if lead == "ans-delta" else "zstd dashed, raw dotted")
+    fig.suptitle(title + f"\nsplit lines: bits 8..2 per cut ({lines}); rival labels: CRF / quality", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
