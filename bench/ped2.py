@@ -13,7 +13,10 @@ camera of its own (motion history restarts with every video):
              decoded, then the float model;
   jpeg/webp  each frame as one image (OpenCV) at a ladder of qualities, decoded, the float model;
   split      head to the cut (stem .. block5), codes at 8/6/4/3/2 bits, every coder of codec/
-             (raw bit packing, zstd), the rest of the network and the scorer in the cloud.
+             (raw bit packing, zstd, and ANS against tables fitted on held-out normal video as the
+             export fits them: every frame a key frame, and the product's stream of delta frames
+             with a key frame every 50, over every frame of each video), the rest of the network and
+             the scorer in the cloud.
 
 Per row: bytes per frame (mean and p95 of the actual encoded frames, framing included), frame-level
 AUROC over the scored test frames pooled, with a 95 % bootstrap interval, the same after a causal
@@ -33,6 +36,7 @@ they depend on (weights, sizes, frames, sources, onnxruntime version).
     .venv/bin/python bench/ped2.py              # full run: bench/results/ped2.{json,png}
     .venv/bin/python bench/ped2.py --quick      # smoke run: 2 test videos, coarse grid, writes nothing
     .venv/bin/python bench/ped2.py --stride 1   # score every frame (about twice as long)
+    .venv/bin/python bench/ped2.py --methods ans  # only the ANS rows, merged into bench/results/ped2.json
 """
 
 from __future__ import annotations
@@ -1098,7 +1102,15 @@ def main(argv: list[str] | None = None) -> None:
                                              "(default bench/bottleneck.py's PRUNE_GRID)")
     parser.add_argument("--report", type=Path, metavar="JSON",
                         help="print the README's markdown tables from a ped2.json and exit (runs nothing)")
+    parser.add_argument("--replot", type=Path, metavar="JSON",
+                        help="redraw ped2.png next to a ped2.json from its rows and exit (runs nothing)")
     args = parser.parse_args(argv)
+    if args.replot:
+        doc = json.loads(args.replot.read_text())
+        plot(doc["rows"], args.replot.with_suffix(".png"), plot_title(len(doc["videos"]), doc["scored_frames"],
+                                                                       doc["stride"]))
+        print(f"wrote {args.replot.with_suffix('.png')}")
+        return
     if args.report:
         print(markdown(json.loads(args.report.read_text())), end="")
         return
