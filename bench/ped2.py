@@ -1056,11 +1056,15 @@ def main_ans(args, out, sp, cuts, pairs, videos, cache, calib_deps, bits_list, c
     doc["grid"]["coders"] = [c for c in doc["grid"]["coders"] if c not in ANS_CODERS] + list(ANS_CODERS)
     doc["how"]["split_bytes_ans"] = HOW["split_bytes_ans"]
     doc["ans"] = ans_summary(ans)
-    doc.setdefault("extra_runs", {})["ans"] = {
-        "git": git, "command": shlex.join(["python", *sys.argv]), "machine": machine_info(args.threads),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": seconds,
+    # one record per --methods ans run whose rows are in the file (a run of other cuts keeps its record)
+    measured = [f"{c} {b}-bit" for c, b in ans["order"]]
+    runs = doc.setdefault("extra_runs", {}).get("ans", [])
+    runs = [r for r in runs if not set(r["settings"]) <= set(measured)]
+    doc["extra_runs"]["ans"] = [*runs, {
+        "settings": measured, "git": git, "command": shlex.join(["python", *sys.argv]),
+        "machine": machine_info(args.threads), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": seconds,
         "total_seconds": time.perf_counter() - start, "zstd_bytes_check": check,
-        "load_average_at_end": list(os.getloadavg())}
+        "load_average_at_end": list(os.getloadavg())}]
     path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     plot(doc["rows"], out / "ped2.png", plot_title(len(doc["videos"]), doc["scored_frames"], doc["stride"]))
     for key in ("auroc", "auroc_smoothed"):
