@@ -29,8 +29,14 @@ from protos import infocut_pb2 as pb
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VIDEO = ("h264", "h265", "jpeg", "webp")
-MARKERS = {"h264": "s", "h265": "D", "jpeg": "v", "webp": "^", "split": "o", "bottleneck": "*", "prune": "P",
-           "edge-only": "X"}
+MARKERS = {"h264": "s", "h265": "D", "jpeg": "v", "webp": "^", "split": "o", "split ans": "h", "split ans-delta": "p",
+           "bottleneck": "*", "prune": "P", "edge-only": "X"}
+SPLIT_CODERS = ("zstd", "ans", "ans-delta")  # the raw coder's points are zstd's, only larger
+
+
+def kind(p: dict) -> str:
+    """The marker a point gets: its method, and for the split its coder unless zstd."""
+    return p["method"] if p["method"] != "split" or p.get("coder") == "zstd" else f"split {p['coder']}"
 
 
 def score_only_bytes() -> int:
@@ -63,10 +69,10 @@ def points(ped2: dict, flops: dict[str, float], detector_mflops: float) -> list[
     out = []
     for r in ped2["rows"]:
         m = r["method"]
-        if m == "unsplit" or r.get("auroc") is None or (m == "split" and r.get("coder") != "zstd"):
+        if m == "unsplit" or r.get("auroc") is None or (m == "split" and r.get("coder") not in SPLIT_CODERS):
             continue
         mf = 0.0 if m in VIDEO else r.get("head_mflops", flops.get(r.get("cut")))
-        out.append({"method": m, "setting": r["setting"], "bytes_per_frame": r["bytes_per_frame"],
+        out.append({"method": m, "coder": r.get("coder"), "setting": r["setting"], "bytes_per_frame": r["bytes_per_frame"],
                     "auroc": r["auroc"], "auroc_lo": r.get("auroc_lo"), "auroc_hi": r.get("auroc_hi"),
                     "drop": ref["auroc"] - r["auroc"], "edge_mflops": mf, "edge_ms": r.get("head_ms")})
     out.append({"method": "edge-only", "setting": "whole detector at the edge, score sent",
@@ -83,12 +89,12 @@ def plot(pts: list[dict], path: Path, unsplit: float, title: str) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(15, 6.2))
     norm = Normalize(0, max(p["edge_mflops"] for p in pts))
     for m, marker in MARKERS.items():
-        ps = [p for p in pts if p["method"] == m]
+        ps = [p for p in pts if kind(p) == m]
         if not ps:
             continue
         sc = a.scatter([p["bytes_per_frame"] for p in ps], [p["auroc"] for p in ps], c=[p["edge_mflops"] for p in ps],
                        cmap="viridis", norm=norm, marker=marker, s=60 if marker != "*" else 140, edgecolors="k",
-                       linewidths=0.4, label=m)
+                       linewidths=0.4, label="split zstd" if m == "split" else m)
     fig.colorbar(sc, ax=a, label="edge DNN MFLOPs per frame")
     a.axhline(unsplit, color="grey", lw=0.8, ls=":")
     a.axhline(unsplit - 0.01, color="grey", lw=0.8, ls="--", label="1 point below unsplit")
@@ -97,10 +103,10 @@ def plot(pts: list[dict], path: Path, unsplit: float, title: str) -> None:
     a.legend(fontsize=7, loc="lower right")
     ok = [p for p in pts if p["drop"] <= 0.01]
     for m, marker in MARKERS.items():
-        ps = [p for p in ok if p["method"] == m]
+        ps = [p for p in ok if kind(p) == m]
         if ps:
             b.scatter([p["bytes_per_frame"] for p in ps], [p["edge_mflops"] for p in ps], marker=marker, s=70,
-                      label=m, edgecolors="k", linewidths=0.4)
+                      label="split zstd" if m == "split" else m, edgecolors="k", linewidths=0.4)
     b.set(xscale="log", xlabel="bytes per frame (log)", ylabel="edge DNN MFLOPs per frame",
           title="within 1 AUROC point of unsplit: what the edge computes for what it sends")
     b.legend(fontsize=7)

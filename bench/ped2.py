@@ -13,7 +13,10 @@ camera of its own (motion history restarts with every video):
              decoded, then the float model;
   jpeg/webp  each frame as one image (OpenCV) at a ladder of qualities, decoded, the float model;
   split      head to the cut (stem .. block5), codes at 8/6/4/3/2 bits, every coder of codec/
-             (raw bit packing, zstd), the rest of the network and the scorer in the cloud.
+             (raw bit packing, zstd, and ANS against tables fitted on held-out normal video as the
+             export fits them: every frame a key frame, and the product's stream of delta frames
+             with a key frame every 50, over every frame of each video), the rest of the network and
+             the scorer in the cloud.
 
 Per row: bytes per frame (mean and p95 of the actual encoded frames, framing included), frame-level
 AUROC over the scored test frames pooled, with a 95 % bootstrap interval, the same after a causal
@@ -33,6 +36,7 @@ they depend on (weights, sizes, frames, sources, onnxruntime version).
     .venv/bin/python bench/ped2.py              # full run: bench/results/ped2.{json,png}
     .venv/bin/python bench/ped2.py --quick      # smoke run: 2 test videos, coarse grid, writes nothing
     .venv/bin/python bench/ped2.py --stride 1   # score every frame (about twice as long)
+    .venv/bin/python bench/ped2.py --methods ans  # only the ANS rows, merged into bench/results/ped2.json
 """
 
 from __future__ import annotations
@@ -377,6 +381,143 @@ def tail_session(sp, cut_name: str, tmp: Path, threads: int):
     return run
 
 
+ANS_CODERS = ("ans", "ans-delta")  # rows of the ANS coder: every frame a key frame; the product's stream
+
+
+def ans_pass(sp, pairs, native: dict, tmp: Path, threads: int, bar, stride: int) -> dict:
+    """The ANS coder's bytes for every (cut, bits) in `pairs`, in two passes of the all-codes graph.
+
+    Tables: as Splitter.export fits them (Splitter.coder_entry: codec.entropy_model.fit on the head's codes
+    of every frame, in order, of the held-out normal training videos; here codec.entropy_model.Counts, fit's
+    own counting, a batch at a time so that no video's codes of every cut are held at once). Then EVERY
+    frame of every test video in order, each video its own camera, through codec.stream.StreamEncoder:
+      ans        key_interval 1: every frame a key frame (coded against the intra tables);
+      ans-delta  the export's key_interval (50): a key frame on the video's first frame and at least every
+                 50 frames, the others delta frames against the frame just before (ref distance 1), what
+                 the live camera sends. At bits > MAX_INTER_BITS the tables have no inter table and
+                 StreamEncoder sends only key frames: its frames are then exactly the ans frames (reused).
+    The first DECODE_SAMPLES frames of the first video of every (cut, bits, coder) are decoded as the cloud
+    decodes them (decode_frame, References) and must equal the codes; decode ms is their median. Every
+    `stride`-th frame is also coded with zstd, as split_pass codes the scored frames: `zstd_sizes`, whose
+    mean must be the zstd row's bytes (the same codes, zstd is deterministic)."""
+    from codec import decode_frame, encode_frame
+    from codec.entropy_model import Counts
+    from codec.stream import References, StreamEncoder
+    from edge.preprocess import to_input
+    from splitter.features import load_frames
+
+    module, order, image = all_codes_module(sp, pairs)
+    outs = [f"codes_{c}_{b}" for c, b in order]
+    heads = export_session(module, (image,), tmp / "all_codes_ans.onnx", ["image"], [*outs, "features"], threads)
+    held = sp.training_videos(True)
+    counts = {k: Counts(k[1]) for k in order}
+    task = bar.add_task("ANS tables: held-out codes", total=sum(len(v) for v in held.values()))
+    for paths in held.values():
+        prev = dict.fromkeys(order)
+        for i in range(0, len(paths), BATCH):
+            res = heads.run(outs, {"image": load_frames(paths[i : i + BATCH], sp.size)})
+            for k, codes in zip(order, res):
+                counts[k].add(codes, prev[k])
+                prev[k] = codes[-1]
+            bar.advance(task, min(BATCH, len(paths) - i))
+    bar.remove_task(task)
+    models = {k: [c.model()] for k, c in counts.items()}
+    del counts
+    temporal = {k: StreamEncoder(k[1], "ans", models[k], sp.cfg.key_interval).temporal for k in order}
+    keys = [(*k, c) for k in order for c in ANS_CODERS]
+    sizes, enc_s, samples = ({k: [] for k in keys} for _ in range(3))
+    key_frames = dict.fromkeys(keys, 0)
+    zstd_sizes = {k: [] for k in order}
+    first = next(iter(native))
+    task = bar.add_task("ANS: every test frame", total=sum(len(v) for v in native.values()))
+    for vid, frames in native.items():
+        encoders = {(*k, c): StreamEncoder(k[1], "ans", models[k], sp.cfg.key_interval if c == "ans-delta" else 1)
+                    for k in order for c in ANS_CODERS if c == "ans" or temporal[k]}
+        for i in range(0, len(frames), BATCH):
+            imgs = np.stack([to_input(f, sp.size) for f in frames[i : i + BATCH]])
+            res = heads.run(outs, {"image": imgs})
+            for k, codes in zip(order, res):
+                for f in range(len(codes)):
+                    seq = i + f
+                    if seq % stride == 0:
+                        zstd_sizes[k].append(len(encode_frame([codes[f : f + 1]], k[1], "zstd")))
+                    for c in ANS_CODERS:
+                        key = (*k, c)
+                        # not in encoders: ans-delta without an inter table, whose StreamEncoder sends key
+                        # frames only: the ans frame just coded (ANS_CODERS puts ans first)
+                        if key in encoders:
+                            t0 = time.perf_counter()
+                            data = encoders[key].encode([codes[f : f + 1]], seq)
+                            dt = time.perf_counter() - t0
+                        sizes[key].append(len(data))
+                        enc_s[key].append(dt)
+                        if vid == first and seq < DECODE_SAMPLES:
+                            samples[key].append((data, codes[f : f + 1]))
+            bar.advance(task, len(imgs))
+        for key, enc in encoders.items():
+            key_frames[key] += enc.key_frames
+        for k in order:
+            if not temporal[k]:
+                key_frames[(*k, "ans-delta")] += encoders[(*k, "ans")].key_frames
+    bar.remove_task(task)
+    dec_s, checked = {}, {}
+    for key, items in samples.items():
+        refs, times = References(), []
+        for seq, (data, codes) in enumerate(items):
+            t0 = time.perf_counter()
+            back = decode_frame(data, models[key[:2]], refs.lookup("check", seq)).tensors
+            times.append(time.perf_counter() - t0)
+            refs.update("check", seq, back)
+            if not np.array_equal(back[0], codes):
+                raise RuntimeError(f"{key}: frame {seq} of video {first} does not decode to its codes")
+        dec_s[key], checked[key] = times, len(items)
+    return {"order": order, "sizes": sizes, "encode_s": enc_s, "decode_s": dec_s, "decoded_exactly": checked,
+            "key_frames": key_frames, "key_interval": sp.cfg.key_interval, "zstd_sizes": zstd_sizes,
+            "tables_fitted_on": sorted(held), "heldout_frames": sum(len(v) for v in held.values())}
+
+
+def ans_rows(rows: list[dict], ans: dict) -> list[dict]:
+    """Rows of the ANS coders, one per (cut, bits, coder), from the zstd row of the same (cut, bits): the
+    coders are lossless, so the codes, scores and every AUROC figure are that row's; bytes, coding ms and
+    head/tail ms (head.onnx / tail.onnx plus this coder's encode / decode) are this coder's."""
+    zstd = {(r["cut"], r["bits"]): r for r in rows if r["method"] == "split" and r["coder"] == "zstd"}
+    out = []
+    for k in ans["order"]:
+        base = zstd[k]
+        for c in ANS_CODERS:
+            key = (*k, c)
+            sizes = np.asarray(ans["sizes"][key], np.float64)
+            enc = 1e3 * float(np.median(ans["encode_s"][key]))
+            dec = 1e3 * float(np.median(ans["decode_s"][key]))
+            head, tail = base.get("head_onnx_ms"), base.get("tail_onnx_ms")
+            row = dict(base, coder=c, setting=f"{k[0]} {k[1]}-bit {c}", bytes_per_frame=float(sizes.mean()),
+                       bytes_p95=float(np.percentile(sizes, 95)), encode_ms=enc, decode_ms=dec)
+            row.update(head_ms=None if head is None else head + enc, tail_ms=None if tail is None else dec + tail,
+                       frames_encoded=len(sizes), key_frames=ans["key_frames"][key],
+                       key_interval=ans["key_interval"] if c == "ans-delta" else 1,
+                       decoded_exactly=ans["decoded_exactly"][key])
+            out.append(row)
+    return out
+
+
+def with_ans_rows(rows: list[dict], new: list[dict]) -> list[dict]:
+    """`rows` less the earlier ANS rows of the (cut, bits) in `new`, with `new` placed after the zstd row of
+    their (cut, bits) (ANS rows of other (cut, bits) stay: --methods ans --cuts ... merges a part)."""
+    by_key: dict[tuple, list[dict]] = {}
+    for r in new:
+        by_key.setdefault((r["cut"], r["bits"]), []).append(r)
+    replaced, out = set(by_key), []
+    for r in rows:
+        if r["method"] == "split" and r["coder"] in ANS_CODERS and (r["cut"], r["bits"]) in replaced:
+            continue
+        out.append(r)
+        if r["method"] == "split" and r["coder"] == "zstd":
+            out += by_key.pop((r["cut"], r["bits"]), [])
+    if by_key:
+        raise ValueError(f"ANS rows without a zstd row of their (cut, bits): {sorted(by_key)}")
+    return out
+
+
 def rival_pass(sp, feat_sess, method: str, param: int, native, scored, lag, bar) -> dict:
     """One rival setting: every test video through the codec, decoded, upscaled, float model, scorer."""
     from bench import rivals
@@ -644,6 +785,7 @@ def markdown(result: dict) -> str:
             else:
                 lines.append(f"| {fam} | {b['bytes_per_frame']:,.0f} ({b['bytes_p95']:,.0f}) | {b['setting']} | "
                              f"{b[key]:.3f} | {'' if ratio is None else f'{ratio:.1f}×'} |")
+    lines += coders_markdown(result)
     lines += ["", "| method | setting | B/frame (p95) | AUROC [95% CI] | smoothed | head ms | tail ms |",
               "|---|---|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
@@ -652,6 +794,49 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['method']} | {r['setting']} | {r['bytes_per_frame']:,.0f} ({r['bytes_p95']:,.0f}) | "
                      f"{au(r, 'auroc')} | {au(r, 'auroc_smoothed')} | {_ms(r['head_ms'])} | {_ms(r['tail_ms'])} |")
     return "\n".join(lines) + "\n"
+
+
+def smallest_per_coder(rows: list[dict], key: str = "auroc") -> dict:
+    """Per coder of the split, its row of fewest bytes within DROP of unsplit (None: none is)."""
+    ref = next(r for r in rows if r["method"] == "unsplit")[key]
+    out = {}
+    for r in rows:
+        if r["method"] == "split":
+            out.setdefault(r["coder"], None)
+            best = out[r["coder"]]
+            if r[key] is not None and r[key] >= ref - DROP and (best is None or r["bytes_per_frame"] < best["bytes_per_frame"]):
+                out[r["coder"]] = r
+    return out
+
+
+def coders_markdown(result: dict) -> list[str]:
+    """The split per coder: the smallest within 1 point per coder, then every (cut, bits) with ANS rows."""
+    rows = result["rows"]
+    if not any(r["method"] == "split" and r["coder"] in ANS_CODERS for r in rows):
+        return []
+    lines = ["", "| split coder | smallest B/frame within 1 point (p95), raw scores | setting | AUROC | "
+                 "smallest within 1 point, smoothed | setting |", "|---|---:|---|---:|---:|---|"]
+    raw, smooth = smallest_per_coder(rows, "auroc"), smallest_per_coder(rows, "auroc_smoothed")
+    for coder in raw:
+        a, b = raw[coder], smooth[coder]
+        lines.append(f"| {coder} | " + (f"{a['bytes_per_frame']:,.0f} ({a['bytes_p95']:,.0f}) | {a['setting']} | "
+                                        f"{a['auroc']:.3f}" if a else "none | | ") + " | "
+                     + (f"{b['bytes_per_frame']:,.0f} | {b['setting']}" if b else "none | ") + " |")
+    by = {}
+    for r in rows:
+        if r["method"] == "split":
+            by.setdefault((r["cut"], r["bits"]), {})[r["coder"]] = r
+    lines += ["", "| cut | bits | AUROC (drop) | raw | zstd | ans (key frames) | ans-delta (key every 50) (p95) | "
+                  "ans-delta ÷ zstd | ans-delta encode / decode ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (cut, bits), cs in by.items():
+        if "ans-delta" not in cs:
+            continue
+        z, d = cs["zstd"], cs["ans-delta"]
+        au = "dominated by raw" if z["auroc"] is None else f"{z['auroc']:.3f} ({100 * z['auroc_drop']:+.1f} pt)"
+        lines.append(f"| {cut} | {bits} | {au} | {cs['raw']['bytes_per_frame']:,.0f} | {z['bytes_per_frame']:,.0f} | "
+                     f"{cs['ans']['bytes_per_frame']:,.0f} | {d['bytes_per_frame']:,.0f} ({d['bytes_p95']:,.0f}) | "
+                     f"{d['bytes_per_frame'] / z['bytes_per_frame']:.2f} | {d['encode_ms']:.1f} / {d['decode_ms']:.1f} |")
+    return lines
 
 
 def table(rows: list[dict], title: str):
@@ -678,6 +863,11 @@ def _ms(v) -> str:
     return "" if v is None or not np.isfinite(v) else f"{v:.1f}"
 
 
+def plot_title(n_videos: int, n_scored: int, stride: int) -> str:
+    return (f"MobileNetV2 block5 @480x720 + k-NN motion scorer, Ped2 test ({n_videos} videos, {n_scored} scored "
+            f"frames, stride {stride})")
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     plot_style()
     import matplotlib.pyplot as plt
@@ -685,6 +875,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ref = next(r for r in rows if r["method"] == "unsplit")
     cuts = list(dict.fromkeys(r["cut"] for r in rows if r["method"] == "split"))
     cmap = plt.get_cmap("Blues")  # the split's family colour, darker for later cuts
+    coders = {r["coder"] for r in rows if r["method"] == "split"}
+    lead = "ans-delta" if "ans-delta" in coders else "zstd"  # the coder whose line is labelled
     fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), sharey=True)
     for ax, key, name in ((axes[0], "auroc", "raw frame scores"),
                           (axes[1], "auroc_smoothed", f"causal max over the last {SMOOTH_SECONDS:g} s")):
@@ -699,15 +891,17 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                             xytext=(3, -9), fontsize=6, color=COLORS[fam])
         for i, cut in enumerate(cuts):
             color = cmap(0.4 + 0.6 * i / max(1, len(cuts) - 1))
-            for coder, style, alpha in (("zstd", "s-", 0.95), ("raw", "x:", 0.45)):
+            for coder, style, alpha in (("ans-delta", "o-", 0.95), ("ans", "^-.", 0.6), ("zstd", "s--", 0.6),
+                                        ("raw", "x:", 0.35)):
                 rs = sorted((r for r in rows if r["method"] == "split" and r["cut"] == cut and r["coder"] == coder
                              and r[key] is not None),
                             key=lambda r: r["bytes_per_frame"])
                 if not rs:
                     continue
+                label = f"split {cut} ({coder})" if coder == lead else None
                 ax.plot([r["bytes_per_frame"] for r in rs], [r[key] for r in rs], style, color=color, alpha=alpha,
-                        ms=4, lw=1.2, label=f"split {cut} ({coder})" if coder == "zstd" else None)
-                if coder == "zstd":
+                        ms=4, lw=1.2, label=label)
+                if coder == lead:
                     for r in rs:
                         ax.annotate(str(r["bits"]), (r["bytes_per_frame"], r[key]), textcoords="offset points",
                                     xytext=(2, 4), fontsize=6, color=color)
@@ -723,8 +917,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     axes[0].set_ylim(max(0.4, lo - 0.02), min(1.0, max(ref["auroc"], ref["auroc_smoothed"]) + 0.02))
     axes[0].set_ylabel("frame-level AUROC, Ped2 test")
     axes[1].legend(loc="lower right", fontsize=7, ncol=2)
-    fig.suptitle(title + "\nsplit lines: bits 8..2 per cut (zstd solid, raw coder dotted); rival labels: CRF / quality",
-                 fontsize=10)
+    lines = ("ANS delta frames (key every 50) solid, ANS key frames only dash-dot, zstd dashed, raw dotted"
+             if lead == "ans-delta" else "zstd dashed, raw dotted")
+    fig.suptitle(title + f"\nsplit lines: bits 8..2 per cut ({lines}); rival labels: CRF / quality", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -752,6 +947,16 @@ HOW = {
                    "as the edge sends them. zstd: every scored frame encoded (frames are coded independently, so the "
                    "scored frames are an unbiased sample of all). raw: its size is fixed by shape and bits; the first "
                    "frames of each video are encoded and the size checked constant.",
+    "split_bytes_ans": "coder ans / ans-delta: codec.stream.StreamEncoder with the ANS coder (codec.encode_frame, "
+                       "framing and CRC included) over EVERY frame of each test video in order, each video its own "
+                       "camera; tables fitted as Splitter.export fits them (codec.entropy_model on the head's codes of "
+                       "every frame of the held-out normal training videos, never test video). ans: key_interval 1, "
+                       "every frame a key frame (intra tables); ans-delta: key_interval 50 as exported, a key frame "
+                       "at each video's start and every 50 frames, the others delta frames against the previous "
+                       "frame (ref distance 1); at 6 and 8 bits the tables have no inter table and it sends key "
+                       "frames only (= ans). Lossless: AUROC figures are the zstd row's of the same (cut, bits). "
+                       "The first frames of the first video are decoded back (decode_frame, References) and "
+                       "checked bit exact; encode/decode ms: medians; head_ms/tail_ms: head/tail.onnx plus them.",
     "split_codes": "computed by one ONNX graph holding, after every cut, splitter.graphs.Quantize (the very op that "
                    "ends head.onnx) with the cut's parameters for each bit depth; parameters from codec.calibrate "
                    "(per channel, percentile 99.99) on the activations of the frames Splitter.calibrate uses, in "
@@ -785,6 +990,91 @@ HOW = {
 }
 
 
+def check_zstd(ans: dict, zstd_sizes: dict) -> dict:
+    """The ANS pass's codes against the split pass's (or a ped2.json's zstd rows): the zstd frames of the
+    same scored frames must be exactly as large. `zstd_sizes`: {(cut, bits, "zstd"): sizes} or
+    {(cut, bits): bytes_per_frame}."""
+    out = {}
+    for k in ans["order"]:
+        mine = float(np.mean(ans["zstd_sizes"][k]))
+        theirs = zstd_sizes.get((*k, "zstd"), zstd_sizes.get(k))
+        theirs = float(np.mean(theirs)) if not isinstance(theirs, float) else theirs
+        if abs(mine - theirs) > 1e-6 * theirs:
+            raise RuntimeError(f"{k}: zstd bytes of the ANS pass's codes {mine:,.2f}, the split's {theirs:,.2f}: "
+                               "not the same codes (calibration or graph changed?)")
+        out[f"{k[0]} {k[1]}-bit"] = mine
+    return out
+
+
+def ans_summary(ans: dict) -> dict:
+    return {"key_interval": ans["key_interval"], "tables_fitted_on": ans["tables_fitted_on"],
+            "heldout_frames": ans["heldout_frames"], "frames_encoded": len(next(iter(ans["sizes"].values()))),
+            "zstd_bytes_check": "the scored frames' codes of the ANS pass coded with zstd: equal to the zstd rows' "
+                                "bytes (the same codes)"}
+
+
+def main_ans(args, out, sp, cuts, pairs, videos, cache, calib_deps, bits_list, console, git, start) -> None:
+    """--methods ans: the ANS rows alone (ans_pass over every test frame) merged into an existing ped2.json,
+    their AUROC figures from its zstd rows of the same (cut, bits); the quantizer calibration from the cache."""
+    from infocut import ped2
+
+    if args.quick and args.out:
+        raise SystemExit("--methods ans --quick measures 2 videos: it prints, it does not merge into a ped2.json")
+    path = None if out is None else out / "ped2.json"
+    doc = json.loads(path.read_text()) if path is not None else None
+    if doc is not None and doc["videos"] != list(videos):
+        raise SystemExit(f"{path} was measured on videos {doc['videos']}, not {list(videos)}")
+    with tempfile.TemporaryDirectory(prefix="ped2-ans-") as tmpdir, progress(console, 34) as bar:
+        tmp = Path(tmpdir)
+        sp.qparams = calibrate_all(sp, cuts, sorted(set(BITS) | set(bits_list) | {8}), tmp, args.threads, cache,
+                                   calib_deps, bar)
+        task = bar.add_task("reading test frames", total=sum(len(v) for v in videos.values()))
+        native = {}
+        for vid, paths in videos.items():
+            native[vid] = [ped2.read_rgb(p) for p in paths]
+            bar.advance(task, len(paths))
+        bar.remove_task(task)
+        t0 = time.perf_counter()
+        ans = ans_pass(sp, pairs, native, tmp, args.threads, bar, doc["stride"] if doc else args.stride)
+        seconds = time.perf_counter() - t0
+    for k in ans["order"]:
+        z = np.mean(ans["zstd_sizes"][k])
+        console.print(f"{k[0]} {k[1]}-bit: zstd {z:,.0f}, " + ", ".join(
+            f"{c} {np.mean(ans['sizes'][(*k, c)]):,.0f}" for c in ANS_CODERS) + " B/frame", highlight=False)
+    if doc is None:
+        return
+    import fcntl
+
+    lock = open(path.with_suffix(".lock"), "w")  # two --methods ans runs (different cuts) may merge at once
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    doc = json.loads(path.read_text())
+    zstd = {(r["cut"], r["bits"]): r["bytes_per_frame"] for r in doc["rows"]
+            if r["method"] == "split" and r["coder"] == "zstd"}
+    check = check_zstd(ans, zstd)
+    doc["rows"] = with_ans_rows(doc["rows"], ans_rows(doc["rows"], ans))
+    doc["summary"] = {"auroc": summarize(doc["rows"], "auroc"), "auroc_smoothed": summarize(doc["rows"], "auroc_smoothed")}
+    doc["grid"]["coders"] = [c for c in doc["grid"]["coders"] if c not in ANS_CODERS] + list(ANS_CODERS)
+    doc["how"]["split_bytes_ans"] = HOW["split_bytes_ans"]
+    doc["ans"] = ans_summary(ans)
+    # one record per --methods ans run whose rows are in the file (a run of other cuts keeps its record)
+    measured = [f"{c} {b}-bit" for c, b in ans["order"]]
+    runs = doc.setdefault("extra_runs", {}).get("ans", [])
+    runs = [r for r in runs if not set(r["settings"]) <= set(measured)]
+    doc["extra_runs"]["ans"] = [*runs, {
+        "settings": measured, "git": git, "command": shlex.join(["python", *sys.argv]),
+        "machine": machine_info(args.threads), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": seconds,
+        "total_seconds": time.perf_counter() - start, "zstd_bytes_check": check,
+        "load_average_at_end": list(os.getloadavg())}]
+    path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    plot(doc["rows"], out / "ped2.png", plot_title(len(doc["videos"]), doc["scored_frames"], doc["stride"]))
+    for key in ("auroc", "auroc_smoothed"):
+        for line in summary_text(doc["summary"][key]):
+            console.print(line)
+    lock.close()
+    console.print(f"merged {2 * len(ans['order'])} ANS rows into {path} and redrew {out / 'ped2.png'} "
+                  f"({time.perf_counter() - start:.0f} s)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
@@ -816,15 +1106,28 @@ def main(argv: list[str] | None = None) -> None:
                                              "(default bench/bottleneck.py's PRUNE_GRID)")
     parser.add_argument("--report", type=Path, metavar="JSON",
                         help="print the README's markdown tables from a ped2.json and exit (runs nothing)")
+    parser.add_argument("--replot", type=Path, metavar="JSON",
+                        help="redraw ped2.png next to a ped2.json from its rows and exit (runs nothing)")
     args = parser.parse_args(argv)
+    if args.replot:
+        doc = json.loads(args.replot.read_text())
+        plot(doc["rows"], args.replot.with_suffix(".png"), plot_title(len(doc["videos"]), doc["scored_frames"],
+                                                                       doc["stride"]))
+        print(f"wrote {args.replot.with_suffix('.png')}")
+        return
     if args.report:
         print(markdown(json.loads(args.report.read_text())), end="")
         return
     out = args.out if args.out else (None if args.quick else RESULTS)
     if args.methods:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        if bad := [m for m in methods if m not in ("bottleneck", "prune")]:
-            raise SystemExit(f"--methods: {bad}: only bottleneck and prune run alone (the full run does the rest)")
+        if bad := [m for m in methods if m not in ("bottleneck", "prune", "ans")]:
+            raise SystemExit(f"--methods: {bad}: only bottleneck, prune and ans run alone (the full run does the rest)")
+        ans_only = "ans" in methods
+        methods = [m for m in methods if m != "ans"]
+    else:
+        ans_only, methods = False, []
+    if methods:
         from bench import bottleneck
 
         def settings(text, default, types):
@@ -852,7 +1155,10 @@ def main(argv: list[str] | None = None) -> None:
                           created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), how=bottleneck.HOW)
             bottleneck.merge(result, out / "ped2.json")
             print(f"merged {len(result['rows'])} rows into {out / 'ped2.json'}")
-        return
+        if not ans_only:
+            return
+    if ans_only and args.from_cache:
+        raise SystemExit("--methods ans measures its rows (no cache of rows to merge)")
 
     def ints(s, default):
         return tuple(int(x) for x in s.split(",") if x.strip()) if s is not None else default
@@ -911,6 +1217,8 @@ def main(argv: list[str] | None = None) -> None:
     for vid, paths in videos.items():
         if len(all_labels[vid]) != len(paths):
             raise SystemExit(f"test video {vid}: {len(paths)} frames but labels.json says {len(all_labels[vid])}")
+    if ans_only:
+        return main_ans(args, out, sp, cuts, pairs, videos, cache, calib_deps, bits_list, console, git, start)
     scored = {vid: list(range(0, len(paths), args.stride)) for vid, paths in videos.items()}
     labels = np.concatenate([all_labels[v][idx] for v, idx in scored.items()])
     n_scored = len(labels)
@@ -954,6 +1262,11 @@ def main(argv: list[str] | None = None) -> None:
         ref = auroc(labels, ref_scores)
         bar.console.print(f"unsplit AUROC {ref:.4f} on {n_scored} scored frames; split pass "
                           f"{secs['unsplit_and_split']:.0f} s")
+        t0 = time.perf_counter()
+        ans = ans_pass(sp, pairs, native, tmp, args.threads, bar, args.stride)
+        check_zstd(ans, split["sizes"])
+        secs["ans"] = time.perf_counter() - t0
+        bar.console.print(f"ANS pass (every test frame, every cut and bits) {secs['ans']:.0f} s")
         bar.advance(overall)
 
         # the scorer shortcut against MotionKnnScorer's own forward, on the first scored frames of the first video
@@ -1020,6 +1333,7 @@ def main(argv: list[str] | None = None) -> None:
     cut_shapes = {c.name: c.shape for c in cuts}
     rows = build_rows(split["scores"]["unsplit"], split, rival_runs, timing, labels, boot, smooth_k, cut_shapes,
                       raw_frame_bytes, coders)
+    rows = with_ans_rows(rows, ans_rows(rows, ans))
     summary = {"auroc": summarize(rows, "auroc"), "auroc_smoothed": summarize(rows, "auroc_smoothed")}
     runtime = time.perf_counter() - start
     secs["total"] = runtime
@@ -1027,8 +1341,7 @@ def main(argv: list[str] | None = None) -> None:
     secs["cpu_user_plus_system"] = usage.ru_utime + usage.ru_stime
     peak_rss_gb = usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
 
-    title = (f"MobileNetV2 block5 @480x720 + k-NN motion scorer, Ped2 test ({len(videos)} videos, {n_scored} scored "
-             f"frames, stride {args.stride})")
+    title = plot_title(len(videos), n_scored, args.stride)
     console.print(table(rows, title))
     for key in ("auroc", "auroc_smoothed"):
         for line in summary_text(summary[key]):
@@ -1055,8 +1368,9 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summary,
         "rows": rows,
         "grid": {"crf": list(crfs), "quality": list(qualities), "bits": list(bits_list), "cuts": cut_names,
-                 "coders": list(coders), "rivals": rival_names},
+                 "coders": [*coders, *ANS_CODERS], "rivals": rival_names},
         "dominated_by_raw_frame": [f"{c} {b}-bit" for c, b in split["dominated"]],
+        "ans": ans_summary(ans),
         "timing": timing,
         "scorer_check": scorer_check,
         "how": HOW,

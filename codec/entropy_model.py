@@ -113,38 +113,65 @@ def quantize_counts(counts: np.ndarray) -> np.ndarray:
     return out
 
 
-def fit(videos: Iterable[np.ndarray], bits: int, inter: bool | None = None) -> EntropyModel:
-    """Fit the tables on codes of normal video: each item is one video's codes, (frames, C, ...) uint8,
-    consecutive frames in order (the inter table learns what follows what). `inter`: fit the
-    conditional table (default: when bits <= MAX_INTER_BITS)."""
-    bits = check_bits(bits)
-    s = 1 << bits
-    inter = bits <= MAX_INTER_BITS if inter is None else inter
-    marg = pair = None
-    for codes in videos:
+class Counts:
+    """What `fit` counts, accumulated a piece at a time: codes of one video, or consecutive frames of one
+    video given in pieces (`prev`: the frame just before the piece), so that a long pass over many
+    cuts and bit depths never holds a whole video's codes. `model()` gives exactly fit's tables."""
+
+    def __init__(self, bits: int, inter: bool | None = None):
+        self.bits = check_bits(bits)
+        self.inter = self.bits <= MAX_INTER_BITS if inter is None else bool(inter)
+        self.marg: np.ndarray | None = None
+        self.pair: np.ndarray | None = None
+
+    def add(self, codes: np.ndarray, prev: np.ndarray | None = None) -> None:
+        """codes: (frames, C, ...) uint8, consecutive frames in order; prev: (C, ...) the frame before them
+        in the same video (None: the first frame starts a video, no pair ends on it)."""
+        s = 1 << self.bits
         v = np.asarray(codes)
         if v.ndim < 2:
             raise CodecError(f"a video's codes need a frame and a channel axis, got shape {v.shape}")
         c = v.shape[1]
+        if self.marg is None:
+            self.marg = np.zeros((c, s), np.float64)
+            self.pair = np.zeros((c, s * s), np.float64) if self.inter else None
+        elif self.marg.shape[0] != c:
+            raise CodecError(f"videos disagree on the channel count ({self.marg.shape[0]} vs {c})")
         x = np.moveaxis(v, 1, 0).reshape(c, v.shape[0], -1).astype(np.int64)  # (C, frames, positions)
-        if marg is None:
-            marg = np.zeros((c, s), np.float64)
-            pair = np.zeros((c, s * s), np.float64) if inter else None
-        elif marg.shape[0] != c:
-            raise CodecError(f"videos disagree on the channel count ({marg.shape[0]} vs {c})")
         rows = np.arange(c)[:, None]
-        np.add.at(marg, (rows, x.reshape(c, -1)), 1)
-        if inter and v.shape[0] > 1:
+        # integer counts (bincount of channel * s + symbol): exact in float64, whatever the order of the pieces
+        self.marg += np.bincount((rows * s + x.reshape(c, -1)).ravel(), minlength=c * s).reshape(c, s)
+        if not self.inter:
+            return
+        if prev is not None:
+            p = np.asarray(prev)
+            if p.shape != v.shape[1:]:
+                raise CodecError(f"the previous frame's codes are {p.shape}, the frames' {v.shape[1:]}")
+            x = np.concatenate([p.reshape(c, 1, -1).astype(np.int64), x], axis=1)
+        if x.shape[1] > 1:
             ctx = (x[:, :-1] * s + x[:, 1:]).reshape(c, -1)
-            np.add.at(pair, (rows, ctx), 1)
-    if marg is None:
-        raise CodecError("no codes to fit an entropy model on")
-    intra = quantize_counts(marg)
-    if not inter:
-        return EntropyModel(bits, intra)
-    prior = marg / marg.sum(-1, keepdims=True)
-    pair = pair.reshape(-1, s, s) + PRIOR_WEIGHT * prior[:, None, :]
-    return EntropyModel(bits, intra, quantize_counts(pair))
+            self.pair += np.bincount((rows * (s * s) + ctx).ravel(), minlength=c * s * s).reshape(c, s * s)
+
+    def model(self) -> EntropyModel:
+        if self.marg is None:
+            raise CodecError("no codes to fit an entropy model on")
+        intra = quantize_counts(self.marg)
+        if not self.inter:
+            return EntropyModel(self.bits, intra)
+        s = 1 << self.bits
+        prior = self.marg / self.marg.sum(-1, keepdims=True)
+        pair = self.pair.reshape(-1, s, s) + PRIOR_WEIGHT * prior[:, None, :]
+        return EntropyModel(self.bits, intra, quantize_counts(pair))
+
+
+def fit(videos: Iterable[np.ndarray], bits: int, inter: bool | None = None) -> EntropyModel:
+    """Fit the tables on codes of normal video: each item is one video's codes, (frames, C, ...) uint8,
+    consecutive frames in order (the inter table learns what follows what). `inter`: fit the
+    conditional table (default: when bits <= MAX_INTER_BITS)."""
+    counts = Counts(bits, inter)
+    for codes in videos:
+        counts.add(codes)
+    return counts.model()
 
 
 def _array(value) -> np.ndarray:

@@ -44,6 +44,26 @@ def test_quantized_tables_are_exact_and_deterministic():
     np.testing.assert_array_equal(f, entropy_model.quantize_counts(counts))
 
 
+def test_counts_in_pieces_give_exactly_fits_tables():
+    # bench/ped2.py fits the tables of every cut and bit depth in one pass, a few frames at a time
+    vids = [scene(frames=n, seed=s) for s, n in ((0, 7), (1, 1), (2, 12))]
+    for bits, inter in ((3, None), (3, False), (6, None)):
+        whole = entropy_model.fit(vids, bits, inter)
+        counts = entropy_model.Counts(bits, inter)
+        for v in vids:
+            prev = None
+            for i in range(0, len(v), 3):
+                counts.add(v[i : i + 3], prev)
+                prev = v[min(i + 3, len(v)) - 1]
+        got = counts.model()
+        np.testing.assert_array_equal(got.intra, whole.intra)
+        assert (got.inter is None) == (whole.inter is None) == (bits > entropy_model.MAX_INTER_BITS or inter is False)
+        if whole.inter is not None:
+            np.testing.assert_array_equal(got.inter, whole.inter)
+    with pytest.raises(CodecError, match="previous frame"):
+        entropy_model.Counts(3).add(vids[0][:2], vids[0][0, :2])
+
+
 def test_the_inter_table_learns_that_a_static_scene_repeats(model):
     # Given the same position's previous code, the same code is by far the likeliest (the frequent codes;
     # rare ones lean on the channel's marginal).
