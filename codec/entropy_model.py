@@ -79,14 +79,14 @@ class EntropyModel:
         return self.inter[np.arange(self.channels)[:, None], r, x]
 
 
-def channel_rows(codes: np.ndarray, channels: int) -> np.ndarray:
-    """Codes of one frame, (1, C, ...) or (C, ...), as (C, positions) int64 rows."""
+def channel_rows(codes: np.ndarray, channels: int, dtype=np.int64) -> np.ndarray:
+    """Codes of one frame, (1, C, ...) or (C, ...), as (C, positions) rows of `dtype` (no copy when it is theirs)."""
     a = np.asarray(codes)
     if a.ndim >= 2 and a.shape[0] == 1 and a.shape[1] == channels:
         a = a[0]
     if a.ndim < 1 or a.shape[0] != channels:
         raise CodecError(f"codes of shape {np.shape(codes)} do not have the model's {channels} channels on axis 1")
-    return a.reshape(channels, -1).astype(np.int64)
+    return a.reshape(channels, -1).astype(dtype, copy=False)
 
 
 def quantize_counts(counts: np.ndarray) -> np.ndarray:

@@ -46,28 +46,29 @@ def _categoricals(table: np.ndarray) -> list:
 
 
 def _plan(model: EntropyModel, ref: np.ndarray | None, shape: tuple[int, ...]):
-    """(channel, model index, positions) per symbol group, in coding order: key frames by channel; delta
-    frames by (channel, reference code), positions into the flat codes (channel None)."""
+    """(models, order, bounds): the symbols go in `order` (positions into the flat codes; None: as they are),
+    cut into groups at `bounds`, group k coded against models[k]. Key frames: one group per channel against
+    its marginal. Delta frames: one per (channel, reference code), positions in order within a group."""
     c = model.channels
     n = element_count(shape)
     if not ((len(shape) >= 2 and shape[0] == 1 and shape[1] == c) or (len(shape) >= 1 and shape[0] == c)):
         raise CodecError(f"shape {tuple(shape)} does not carry the model's {c} channels (axis 1, or 0 unbatched)")
     if ref is None:
-        return _categoricals(model.intra), [(ch, ch, None) for ch in range(c)]
+        return _categoricals(model.intra), None, np.arange(c + 1) * (n // c)
     if model.inter is None:
         raise CodecError("a delta frame needs an entropy model with an inter table")
-    r = channel_rows(ref, c)
+    r = channel_rows(ref, c, np.uint8)
     if r.size != n:
         raise CodecError(f"reference holds {r.size} codes, the frame {n}")
     s = model.inter.shape[1]
-    # positions grouped by (channel, reference code), in position order within a group: a stable sort of each
-    # channel's reference codes (numpy's radix sort on 8 bits, 4x faster than one sort of 16-bit joint keys)
-    order = np.argsort(r.astype(np.uint8, copy=False), axis=1, kind="stable")
+    if r.size and int(r.max()) >= s:
+        raise CodecError(f"reference holds code {int(r.max())}, the inter table has {s} rows")
+    # a stable sort of each channel's reference codes: numpy's radix sort on 8 bits (4x faster than one sort
+    # of 16-bit (channel, code) keys)
+    order = np.argsort(r, axis=1, kind="stable")
     order = (order + np.arange(c, dtype=np.intp)[:, None] * r.shape[1]).reshape(-1)
     counts = np.bincount((np.arange(c, dtype=np.intp)[:, None] * s + r).reshape(-1), minlength=c * s)
-    bounds = np.concatenate(([0], np.cumsum(counts)))
-    groups = [(None, k, order[bounds[k]:bounds[k + 1]]) for k in range(c * s) if counts[k]]
-    return _categoricals(model.inter), groups
+    return _categoricals(model.inter), order, np.concatenate(([0], np.cumsum(counts)))
 
 
 def encode(codes: np.ndarray, bits: int, model: EntropyModel | None = None, ref: np.ndarray | None = None) -> bytes:
@@ -76,12 +77,12 @@ def encode(codes: np.ndarray, bits: int, model: EntropyModel | None = None, ref:
         raise CodecError("the ans coder needs the artifact's entropy model")
     if model.bits != bits:
         raise CodecError(f"entropy model is for {model.bits} bits, codes are {bits}")
-    models, groups = _plan(model, ref, codes.shape)
-    x = flat.reshape(model.channels, -1).astype(np.int32)
-    flat32 = x.reshape(-1)
+    models, order, bounds = _plan(model, ref, codes.shape)
+    symbols = (flat if order is None else flat[order]).astype(np.int32)  # grouped: each group a contiguous slice
     coder = constriction.stream.stack.AnsCoder()
-    for ch, m, pos in reversed(groups):  # a stack: the last pushed is the first popped
-        coder.encode_reverse(x[ch] if pos is None else flat32[pos], models[m])
+    for k in range(len(bounds) - 2, -1, -1):  # a stack: the last pushed is the first popped
+        if bounds[k + 1] > bounds[k]:
+            coder.encode_reverse(symbols[bounds[k]:bounds[k + 1]], models[k])
     return coder.get_compressed().astype("<u4").tobytes()
 
 
@@ -94,16 +95,13 @@ def decode(payload: bytes, shape: tuple, bits: int, model: EntropyModel | None =
         raise CodecError(f"frame coded at {bits} bits, the entropy model is for {model.bits}")
     if len(payload) % 4:
         raise CodecError(f"ans payload is {len(payload)} bytes, not a whole number of 32-bit words")
-    models, groups = _plan(model, ref, tuple(shape))
-    out = np.empty((model.channels, element_count(shape) // model.channels), np.uint8)
-    flat_out = out.reshape(-1)
+    models, order, bounds = _plan(model, ref, tuple(shape))
+    symbols = np.empty(int(bounds[-1]), np.uint8)
     try:
         coder = constriction.stream.stack.AnsCoder(np.frombuffer(payload, "<u4").astype(np.uint32))
-        for ch, m, pos in groups:
-            if pos is None:
-                out[ch] = coder.decode(models[m], out.shape[1])
-            else:
-                flat_out[pos] = coder.decode(models[m], pos.size)
+        for k in range(len(bounds) - 1):
+            if bounds[k + 1] > bounds[k]:
+                symbols[bounds[k]:bounds[k + 1]] = coder.decode(models[k], int(bounds[k + 1] - bounds[k]))
         complete = coder.is_empty()
     except (ValueError, RuntimeError, OverflowError) as e:
         raise CodecError(f"ans payload does not decode ({e})") from None
@@ -113,4 +111,8 @@ def decode(payload: bytes, shape: tuple, bits: int, model: EntropyModel | None =
         raise CodecError(f"ans payload does not decode ({type(e).__name__}: {e})") from None
     if not complete:
         raise CodecError("ans payload holds more data than the frame's codes")
-    return finish_decode(out.reshape(-1), shape, bits, NAME)
+    out = symbols
+    if order is not None:
+        out = np.empty_like(symbols)
+        out[order] = symbols
+    return finish_decode(out, shape, bits, NAME)
