@@ -242,7 +242,8 @@ def agent(args) -> dict:
     try:
         cfg = EdgeConfig(artifact=args.artifact, cloud=args.cloud, spool={"dir": spool},
                          cameras=[{"id": "bench", "source": args.source, "max_frames": args.frames,
-                                   "threads": args.threads, "policy": "lossless", "spin": args.spin}])
+                                   "threads": args.threads, "policy": "lossless", "spin": args.spin,
+                                   **({} if args.side_nice is None else {"side_nice": args.side_nice})}])
         cam = agent_mod.Camera(cfg.cameras[0], cfg.backoff_s)
         timers = StageTimes()
         open_source = agent_mod.open_source
@@ -394,7 +395,8 @@ def run_worker(args, mode: str, **extra) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         cmd = [sys.executable, __file__, "--worker", mode, "--out", f.name, "--frames", str(args.frames),
                "--threads", str(args.threads), "--cores", str(args.cores), "--artifact", str(args.artifact),
-               "--source", args.source] + (["--spin"] if args.spin else [])
+               "--source", args.source] + (["--spin"] if args.spin else []) \
+            + ([] if args.side_nice is None else ["--side-nice", str(args.side_nice)])
         for k, v in extra.items():
             cmd += [f"--{k}", str(v)]
         subprocess.run(cmd, check=True, cwd=REPO)
@@ -534,6 +536,8 @@ def main() -> None:
     parser.add_argument("--source", default=str(DEMO_CLIP), help="video file or folder of frames (e.g. a Ped2 video)")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "edge.json")
     parser.add_argument("--repeat", type=int, default=1, help="runs per mode, interleaved; the median is reported")
+    parser.add_argument("--side-nice", type=int, help="the agent's side_nice (niceness of its capture and encode "
+                        "threads; default: the agent's default)")
     parser.add_argument("--spin", action="store_true", help="onnxruntime intra-op threads spin-wait between ops, "
                         "in every mode (the edge's `spin: true`; by default they sleep, as the edge's default)")
     parser.add_argument("--no-cloud", action="store_true", help="skip the run against a real cloud")
@@ -551,6 +555,7 @@ def main() -> None:
     from rich.console import Console
 
     from bench.common import git_revision, machine_info, progress
+    from edge.config import CameraConfig
     from infocut.artifact import load_artifact
 
     console = Console(width=None if sys.stdout.isatty() else 130)
@@ -559,7 +564,9 @@ def main() -> None:
     desc = f"{m['model']['name']} cut at {m['cut']['name']}, {art.input_size[0]}x{art.input_size[1]}, " \
            f"{art.bits} bits, {art.coder}"
     result = {"artifact": str(args.artifact), "artifact_id": art.id, "artifact_desc": desc, "source": args.source,
-              "frames": args.frames, "threads": args.threads, "cores": args.cores, "repeat": args.repeat, "ort_spinning": args.spin, "git": git_revision(),
+              "frames": args.frames, "threads": args.threads, "cores": args.cores, "repeat": args.repeat, "ort_spinning": args.spin,
+              "side_nice": CameraConfig.model_fields["side_nice"].default if args.side_nice is None else args.side_nice,
+              "git": git_revision(),
               "machine": machine_info(args.threads), "command": " ".join(sys.argv), "loadavg_start": os.getloadavg(),
               "overhead_definition": "bare fps / pipeline fps - 1 (the pipeline's extra time per frame); "
                                      "cpu overhead: pipeline CPU s per frame / bare CPU s per frame - 1"}
