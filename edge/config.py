@@ -97,9 +97,9 @@ class CameraConfig(_Link):
     spin: bool = Field(False, description="onnxruntime's intra-op threads spin-wait between ops: fastest when the "
                        "head has the CPU to itself; off (default) leaves the cores to the pipeline's other stages "
                        "(bench/edge.py: 16.1 fps against 14.8 with spinning on 2 cores)")
-    side_nice: int = Field(10, ge=0, le=19, description="niceness of the capture and encode threads (and the "
-                           "decoder threads they start) relative to the head's: on a CPU the head saturates, they "
-                           "run in the cores' idle moments instead of preempting onnxruntime's workers")
+    side_nice: int = Field(0, ge=0, le=19, description="niceness added to the capture and encode threads (and the "
+                           "decoder threads they start; Linux), to favour the head where other work competes for "
+                           "the CPU (bench/edge.py --side-nice: no measurable gain on 2 idle cores)")
     outbox_frames: int = Field(32, ge=1, description="frames held in memory for the link (sent or not) before "
                                                       "new ones overflow to the spool")
     stall_timeout_s: float = Field(10.0, ge=0, description="a live source silent this long is reopened (0: never)")
