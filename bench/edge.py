@@ -16,8 +16,8 @@ timed in place (the stages run in parallel threads, so they do not add up to the
 is the time from the link taking a frame off the spool to the cloud's result. CPU per thread comes
 from /proc (onnxruntime's pool, the head thread, encode, capture, gRPC). Peak RSS is each process's
 own (getrusage). `--repeat R` interleaves R runs of each mode and keeps the median. Then the sweep
-times the head alone, cut at earlier stages and at smaller inputs (subgraphs of head.onnx, quantizer
-left out), to show where 30 fps is reached.
+times the head alone at other cuts, with a learned bottleneck's encoder and at smaller inputs (each
+exported afresh by splitter/, which needs torch), with its FLOPs: where 30 fps is reached.
 
 On a machine shared with other work the wall figures swing (the load average is printed and kept in
 the JSON); the CPU figures hold up better. onnxruntime's threads sleep between ops in every mode,
@@ -52,11 +52,10 @@ import numpy as np
 from infocut.settings import DEMO_ARTIFACT, DEMO_CLIP
 
 WARMUP = 3  # head runs before timing, in every mode (the first onnxruntime runs are slower)
-SWEEP_CUTS = {  # stage -> the tensor of head.onnx that ends it (MobileNetV2 as exported by splitter/)
-    "block2": "/head/Add_output_0",
-    "block3": "/head/project_3/Conv_output_0",
-    "block5": "/head/Add_2_output_0",
-}
+# (cut, bottleneck width K; 0: none) of the sweep's MobileNetV2 heads. K: the linear encoder of the learned
+# bottleneck (splitter/bottleneck.py, "linear+bg" at stride 1): the per-location normal mean subtracted, a 1x1
+# conv to K channels, then the quantizer.
+SWEEP_HEADS = [("block2", 0), ("block3", 0), ("block3", 4), ("block3", 16), ("block5", 0)]
 SWEEP_SIZES = [(240, 360), (360, 540), (480, 720)]  # Ped2's native size, 1.5x, the demo's 2x
 SWEEP_FRAMES = 15
 
@@ -308,31 +307,50 @@ def agent(args) -> dict:
 
 
 def sweep(args) -> dict:
-    """The head alone at earlier cuts and smaller inputs: subgraphs of head.onnx with free height and width."""
+    """The head alone by cut, bottleneck and input size: each exported afresh for its size as splitter/ exports
+    heads (weights from build/, else random: the arithmetic is the same), with its FLOPs."""
     try:
-        import onnx
-        from onnx.utils import Extractor
-    except ImportError:
-        return {"skipped": "needs the onnx package (pip install 'infocut[splitter]')"}
-    from infocut.artifact import load_artifact
+        import torch
+        from torch import nn
 
-    art = load_artifact(args.artifact)
-    model = onnx.load(str(art.head_path))
-    dims = model.graph.input[0].type.tensor_type.shape.dim  # NHWC: free height and width, then shapes follow
-    dims[1].dim_param, dims[2].dim_param = "height", "width"
-    model = onnx.shape_inference.infer_shapes(model)
-    names = {o for node in model.graph.node for o in node.output}
+        from splitter.cost import model_cost
+        from splitter.graphs import HeadGraph, Preprocess, Quantize
+        from splitter.models.mobilenet_v2 import MEAN, STD, mobilenet_v2
+        from splitter.onnxgraph import to_onnx
+    except ImportError:
+        return {"skipped": "needs the splitter's packages (pip install 'infocut[splitter]')"}
+    import codec
+
+    class Encoder(nn.Module):  # the linear bottleneck encoder: x - mean, 1x1 conv to K
+        def __init__(self, mean: torch.Tensor, k: int):
+            super().__init__()
+            self.register_buffer("mean", mean)
+            self.conv = nn.Conv2d(mean.shape[1], k, 1)
+
+        def forward(self, x):
+            return self.conv(x - self.mean)
+
+    weights = REPO / "build" / "mobilenet_v2.npz"
+    model = mobilenet_v2(weights if weights.exists() else None)
+    names = [n for n, _ in model.named_children()]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for cut, tensor in SWEEP_CUTS.items():
-            if tensor not in names:
-                continue
-            sub = Extractor(model).extract_model(["image"], [tensor])
-            path = Path(tmp) / f"{cut}.onnx"
-            onnx.save(sub, str(path))
-            sess = ort_session(path, args.threads, spin=args.spin)
-            for h, w in SWEEP_SIZES:
-                frames, _, _ = load_frames(args.source, (h, w), 4)
+        for h, w in SWEEP_SIZES:
+            frames, _, _ = load_frames(args.source, (h, w), 4)
+            for cut, k in SWEEP_HEADS:
+                body = nn.Sequential(*list(model.children())[: names.index(cut) + 1])
+                image = torch.zeros(1, h, w, 3, dtype=torch.uint8)
+                pre = Preprocess(MEAN, STD)
+                with torch.no_grad():
+                    cut_shape = body(pre(image)).shape[1:]
+                head = nn.Sequential(body, Encoder(torch.zeros(1, *cut_shape), k)) if k else body
+                c = k or cut_shape[0]
+                q = codec.QuantParams(bits=8, scale=np.ones(c, np.float32), zero_point=np.zeros(c, np.float32), axis=1)
+                path = Path(tmp) / "head.onnx"
+                path.write_bytes(to_onnx(HeadGraph(pre, head, [Quantize(q)]), (image,), ["image"], ["codes"])
+                                 .SerializeToString())
+                mflops = model_cost(model, (h, w), upto=cut).flops / 1e6 + 2 * cut_shape[0] * k * cut_shape[1:].numel() / 1e6
+                sess = ort_session(path, args.threads, spin=args.spin)
                 for f in frames[:2]:
                     sess.run(None, {"image": f[None]})
                 times, cpu0 = [], cpu_s()
@@ -341,9 +359,9 @@ def sweep(args) -> dict:
                     sess.run(None, {"image": frames[i % len(frames)][None]})
                     times.append(time.perf_counter() - t0)
                 ms = 1e3 * float(np.median(times))  # the median: a busy machine's bursts hit a few runs
-                rows.append({"cut": cut, "height": h, "width": w, "ms_per_frame": ms, "fps": 1e3 / ms,
-                             "cpu_ms_per_frame": 1e3 * (cpu_s() - cpu0) / SWEEP_FRAMES})
-    return {"frames_each": SWEEP_FRAMES, "rows": rows}
+                rows.append({"cut": cut, "bottleneck_k": k, "height": h, "width": w, "head_mflops": mflops,
+                             "ms_per_frame": ms, "fps": 1e3 / ms, "cpu_ms_per_frame": 1e3 * (cpu_s() - cpu0) / SWEEP_FRAMES})
+    return {"frames_each": SWEEP_FRAMES, "weights": "imagenet" if weights.exists() else "random", "rows": rows}
 
 
 def serve_sink(args) -> None:
@@ -510,13 +528,14 @@ def print_report(result: dict, console) -> None:
     console.print(th)
     rows = result.get("sweep", {}).get("rows")
     if rows:
-        w = Table(title=f"head alone by cut and input size (bare onnxruntime, {result['threads']} threads, median "
-                        f"of {result['sweep']['frames_each']} runs; quantizer left out)")
-        for col in ("cut", "input", "ms/frame", "fps", ">= 30 fps", "CPU ms/frame"):
+        w = Table(title=f"head alone by cut, bottleneck and input size (bare onnxruntime, {result['threads']} threads, "
+                        f"median of {result['sweep']['frames_each']} runs)")
+        for col in ("cut", "bottleneck K", "input", "MFLOPs", "ms/frame", "fps", ">= 30 fps", "CPU ms/frame"):
             w.add_column(col, justify="right")
         for r in rows:
-            w.add_row(r["cut"], f"{r['height']}x{r['width']}", f"{r['ms_per_frame']:.1f}", f"{r['fps']:.1f}",
-                      "yes" if r["fps"] >= 30 else "no", f"{r['cpu_ms_per_frame']:.1f}")
+            w.add_row(r["cut"], str(r["bottleneck_k"] or "-"), f"{r['height']}x{r['width']}", f"{r['head_mflops']:,.0f}",
+                      f"{r['ms_per_frame']:.1f}", f"{r['fps']:.1f}", "yes" if r["fps"] >= 30 else "no",
+                      f"{r['cpu_ms_per_frame']:.1f}")
         console.print(w)
     for mode in ("bare", "sink", "cloud"):
         if len(result.get(mode, {}).get("fps_runs", [])) > 1:
