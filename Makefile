@@ -36,7 +36,7 @@ artifact: $(VENV)/.dev build/mobilenet_v2.npz
 	$(BIN)/infocut split mobilenet_v2 --cut $(DEMO_CUT) --bits $(DEMO_BITS) --coder $(DEMO_CODER) --gap 2 --topk 50 \
 		--out artifacts/demo
 
-DEMO_CUT   ?= block3
+DEMO_CUT   ?= block5
 DEMO_BITS  ?= 3
 DEMO_CODER ?= ans
 
