@@ -1016,7 +1016,6 @@ def ans_summary(ans: dict) -> dict:
 def main_ans(args, out, sp, cuts, pairs, videos, cache, calib_deps, bits_list, console, git, start) -> None:
     """--methods ans: the ANS rows alone (ans_pass over every test frame) merged into an existing ped2.json,
     their AUROC figures from its zstd rows of the same (cut, bits); the quantizer calibration from the cache."""
-    from infocut import ped2
 
     if args.quick and args.out:
         raise SystemExit("--methods ans --quick measures 2 videos: it prints, it does not merge into a ped2.json")
@@ -1028,12 +1027,7 @@ def main_ans(args, out, sp, cuts, pairs, videos, cache, calib_deps, bits_list, c
         tmp = Path(tmpdir)
         sp.qparams = calibrate_all(sp, cuts, sorted(set(BITS) | set(bits_list) | {8}), tmp, args.threads, cache,
                                    calib_deps, bar)
-        task = bar.add_task("reading test frames", total=sum(len(v) for v in videos.values()))
-        native = {}
-        for vid, paths in videos.items():
-            native[vid] = [ped2.read_rgb(p) for p in paths]
-            bar.advance(task, len(paths))
-        bar.remove_task(task)
+        native = read_videos(videos, bar)
         t0 = time.perf_counter()
         ans = ans_pass(sp, pairs, native, tmp, args.threads, bar, doc["stride"] if doc else args.stride)
         seconds = time.perf_counter() - t0
@@ -1073,6 +1067,19 @@ def main_ans(args, out, sp, cuts, pairs, videos, cache, calib_deps, bits_list, c
     lock.close()
     console.print(f"merged {2 * len(ans['order'])} ANS rows into {path} and redrew {out / 'ped2.png'} "
                   f"({time.perf_counter() - start:.0f} s)")
+
+
+def read_videos(videos: dict, bar) -> dict:
+    """The test frames as native RGB arrays, per video, with a progress bar."""
+    from infocut import ped2
+
+    task = bar.add_task("reading test frames", total=sum(len(v) for v in videos.values()))
+    native = {}
+    for vid, paths in videos.items():
+        native[vid] = [ped2.read_rgb(p) for p in paths]
+        bar.advance(task, len(paths))
+    bar.remove_task(task)
+    return native
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1246,12 +1253,7 @@ def main(argv: list[str] | None = None) -> None:
         secs["calibration"] = time.perf_counter() - t0
         bar.advance(overall)
 
-        task = bar.add_task("reading test frames", total=sum(len(v) for v in videos.values()))
-        native = {}
-        for vid, paths in videos.items():
-            native[vid] = [ped2.read_rgb(p) for p in paths]
-            bar.advance(task, len(paths))
-        bar.remove_task(task)
+        native = read_videos(videos, bar)
         raw_frame_bytes = int(native[next(iter(native))][0].size)
         bar.advance(overall)
 
