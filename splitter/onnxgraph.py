@@ -29,8 +29,9 @@ def static_padding(module: nn.Module, args: tuple) -> Iterator[None]:
     layers = [m for m in module.modules() if hasattr(m, "freeze_padding")]
     hooks = [m.register_forward_pre_hook(lambda m, a: m.freeze_padding(tuple(a[0].shape[-2:]))) for m in layers]
     try:
-        with torch.no_grad():
-            module(*args)
+        if layers:  # one forward pass records each layer's input size
+            with torch.no_grad():
+                module(*args)
     finally:
         for h in hooks:
             h.remove()
