@@ -165,6 +165,22 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(mtls_cloud, pki):
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
+@pytest.mark.timeout(300)
+def test_edge_streams_over_mutual_tls_with_its_client_certificate(mtls_cloud, pki, tmp_path):
+    edge = subprocess.run(
+        [sys.executable, "-m", "infocut", "edge", "--artifact", str(DEMO_ARTIFACT), "--source", str(CLIP),
+         "--cloud", mtls_cloud["addr"], "--camera-id", "cam-m", "--spool", str(tmp_path / "spool"),
+         "--max-frames", "3", "--tls-ca", str(pki["ca.pem"]), "--tls-cert", str(pki["client.pem"]),
+         "--tls-key", str(pki["client.key"])],
+        cwd=REPO, capture_output=True, text=True, timeout=240, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    assert edge.returncode == 0, edge.stderr
+    assert "tls=mutual" in edge.stderr
+    with sqlite3.connect(f"file:{mtls_cloud['db']}?mode=ro", uri=True) as con:
+        seqs = [s for (s,) in con.execute("SELECT seq FROM scores WHERE camera_id='cam-m' ORDER BY seq")]
+    assert seqs == [0, 1, 2]
+
+
 def test_bad_tls_files_are_clear_errors_at_start(pki, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "infocut", "cloud", "--artifact", str(DEMO_ARTIFACT), "--grpc-port", str(free_port()),
