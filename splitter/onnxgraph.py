@@ -48,39 +48,22 @@ def _constant(graph: onnx.GraphProto, name: str, opset: int) -> np.ndarray | Non
     inits = {i.name: i for i in graph.initializer}
     if name in inits:
         return numpy_helper.to_array(inits[name])
-    producer = {o: n for n in graph.node for o in n.output}
-    nodes, todo, seen = [], [name], set()
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    needed, todo = set(), [name]
     while todo:
         x = todo.pop()
-        if not x or x in seen or x in inits:
+        if not x or x in inits or (x in producer and producer[x] in needed):
             continue
-        seen.add(x)
         if x not in producer:  # a graph input: not a constant
             return None
-        nodes.append(producer[x])
-        todo += list(producer[x].input)
+        needed.add(producer[x])
+        todo += list(graph.node[producer[x]].input)
+    nodes = [graph.node[i] for i in sorted(needed)]  # an ONNX graph lists its nodes in topological order
     used = {i for n in nodes for i in n.input}
-    sub = onnx.helper.make_graph(_topological(nodes), "constant", [],
-                                 [onnx.helper.make_tensor_value_info(name, 0, None)],
+    sub = onnx.helper.make_graph(nodes, "constant", [], [onnx.helper.make_tensor_value_info(name, 0, None)],
                                  [inits[i] for i in sorted(used) if i in inits])
     model = onnx.helper.make_model(sub, opset_imports=[onnx.helper.make_opsetid("", opset)])
     return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
-
-
-def _topological(nodes: list) -> list:
-    """`nodes` in an order where each comes after the producers of its inputs."""
-    made = {o for n in nodes for o in n.output}
-    done: set[str] = set()
-    out, rest = [], list(nodes)
-    while rest:
-        ready = [n for n in rest if all(i not in made or i in done for i in n.input)]
-        if not ready:
-            raise ValueError("cycle in an ONNX graph")
-        for n in ready:
-            out.append(n)
-            done.update(n.output)
-            rest.remove(n)
-    return out
 
 
 def fuse_pads(model: onnx.ModelProto) -> int:
@@ -106,7 +89,7 @@ def fuse_pads(model: onnx.ModelProto) -> int:
             continue
         conv = users[0]
         conv_attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
-        if conv_attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        if conv_attrs.get("auto_pad", b"NOTSET") != b"NOTSET":
             continue
         old = list(conv_attrs.get("pads", [0, 0, 0, 0]))
         t, l_, b, r = int(amounts[2]), int(amounts[3]), int(amounts[6]), int(amounts[7])
@@ -135,13 +118,13 @@ def _prune(g: onnx.GraphProto) -> None:
         g.initializer.remove(init)
 
 
-def to_onnx(module: nn.Module, args: tuple, inputs: Sequence[str], outputs: Sequence[str], opset: int = 17,
-            batch_axis: str = "batch") -> onnx.ModelProto:
+def to_onnx(module: nn.Module, args: tuple, inputs: Sequence[str], outputs: Sequence[str],
+            opset: int = 17) -> onnx.ModelProto:
     """`module` (in eval mode) as a checked ONNX model with a dynamic batch axis, its padding folded into the convs;
     deterministic: the same weights give the same bytes."""
     module.eval()
     buf = io.BytesIO()
-    dyn = {name: {0: batch_axis} for name in [*inputs, *outputs]}
+    dyn = {name: {0: "batch"} for name in [*inputs, *outputs]}
     with static_padding(module, args), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's notes on Slice folding
         torch.onnx.export(module, args, buf, input_names=list(inputs), output_names=list(outputs), dynamic_axes=dyn,
