@@ -1,7 +1,7 @@
 """Framing of one encoded frame: one or more code tensors, their shapes, and a CRC32.
 
 Layout (little endian):
-    magic b"IC" | version u8 (=1) | flags u8 (bit0 = key frame, bit1 = delta) | coder id u8 | bits u8 | n_tensors u8
+    magic b"IC" | version u8 (=2) | flags u8 (bit0 = key frame, bit1 = delta) | coder id u8 | bits u8 | n_tensors u8
     delta frames only: ref_distance u32 (the reference is the frame ref_distance seqs back)
     per tensor: dtype u8 (0 = uint8) | ndim u8 | dims u32 * ndim | payload_len u32
     payloads, in tensor order
@@ -28,7 +28,7 @@ from codec.errors import CodecError, MissingReference
 from codec.quantizer import check_bits
 
 MAGIC = b"IC"
-VERSION = 1
+VERSION = 2  # 2: delta frames code runs of unchanged codes (codec/coders/ans.py); 1 is refused
 FLAG_KEY = 0x01  # the frame does not depend on any earlier frame
 FLAG_DELTA = 0x02  # coded against an earlier frame's codes (ref_distance follows the header)
 DTYPE_UINT8 = 0

@@ -70,9 +70,59 @@ def test_the_inter_table_learns_that_a_static_scene_repeats(model):
     diag = model.inter[:, np.arange(4), np.arange(4)]
     assert (diag > 0.5 * (1 << entropy_model.PRECISION)).all()
     vid = scene(seed=7)
-    intra = model.cost_bits(vid[5])
-    inter = model.cost_bits(vid[5], vid[4])
+    intra = ans.ideal_bits(vid[5], model)
+    inter = ans.ideal_bits(vid[5], model, vid[4])
     assert inter < 0.5 * intra
+    # the derived delta tables: a run of unchanged codes is likelier the shorter it is, and a changed code
+    # is never coded as its reference (that symbol is not in the row)
+    gap, change = model.delta_tables
+    assert gap.shape == (6, entropy_model.GAP_ESCAPE + 1) and change.shape == (6, 8, 7)
+    assert (np.diff(gap[:, :-1].astype(np.int64), axis=1) <= 0).all()
+    assert ((gap.sum(-1) == 1 << entropy_model.PRECISION).all()
+            and (change.sum(-1) == 1 << entropy_model.PRECISION).all())
+
+
+def test_delta_tables_are_exact_integer_functions_of_the_tables():
+    # both sides of a stream derive them: exact integers, the largest remainders to the lower symbol on ties
+    w = entropy_model.quantize_weights([3, 1, 0, 3 << 40])
+    assert sum(w) == 1 << entropy_model.PRECISION and min(w) == 1 and w[3] == max(w)
+    assert entropy_model.quantize_weights([0, 0]) == [1 << 15, 1 << 15]
+    assert entropy_model.quantize_weights([1, 1, 1]) == [21846, 21845, 21845]
+    with pytest.raises(CodecError):
+        entropy_model.quantize_weights([-1, 2])
+    with pytest.raises(CodecError, match="inter"):
+        EntropyModel(2, entropy_model.quantize_counts(np.ones((1, 4)))).delta_tables
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), bits=st.sampled_from([1, 2, 3, 4]), c=st.integers(1, 4),
+       n=st.sampled_from([0, 1, 2, 63, 64, 65, 200, 1000]), stay=st.sampled_from([0.0, 0.5, 0.97, 1.0]))
+def test_delta_frames_round_trip_every_run_shape(seed, bits, c, n, stay):
+    # runs of every length: none changed, all changed, runs across the escape (64), empty channels
+    rng = np.random.default_rng(seed)
+    s = 1 << bits
+    ref = rng.integers(0, s, size=(1, c, n)).astype(np.uint8)
+    codes = ref.copy()
+    flip = rng.random((1, c, n)) >= stay
+    codes[flip] = (ref[flip] + rng.integers(1, s, size=int(flip.sum()))) % s
+    m = entropy_model.fit([np.concatenate([ref, codes, ref], axis=2) if n else rng.integers(0, s, (2, c, 9))],
+                          bits, inter=True)
+    payload = ans.encode(codes, bits, m, ref)
+    np.testing.assert_array_equal(ans.decode(payload, codes.shape, bits, m, ref), codes)
+    assert len(payload) <= 1.01 * ans.ideal_bits(codes, m, ref) / 8 + 8
+
+
+def test_run_counts_past_the_uniform_models_range_are_coded_in_digits():
+    # constriction's uniform model takes at most 2**24 values; a channel of more positions codes its count in
+    # 12-bit digits (a 2**28-element tensor is allowed)
+    import constriction
+
+    most = (1 << 28) + 1
+    assert ans._count_digits(most)[1:] == [4096] and ans._count_digits(5401) == [5402]
+    counts = np.array([1, most, 4096, 123456789])
+    coder = constriction.stream.stack.AnsCoder()
+    ans._encode_counts(coder, counts, most)
+    np.testing.assert_array_equal(ans._decode_counts(coder, 4, most), counts)
 
 
 @settings(max_examples=40, deadline=None)
@@ -93,7 +143,7 @@ def test_ans_reaches_its_models_cost(model):
     """The coded size is the model's ideal -log2 P within 1% (plus the coder's final word)."""
     vid = scene(frames=20, c=16, h=30, w=45, seed=11)
     for codes, ref in ((vid[9], None), (vid[10], vid[9])):
-        ideal = model.cost_bits(codes[:6], None if ref is None else ref[:6]) / 8
+        ideal = ans.ideal_bits(codes[:6], model, None if ref is None else ref[:6]) / 8
         got = len(ans.encode(codes[:6][None], 3, model, None if ref is None else ref[:6][None]))
         assert got <= 1.01 * ideal + 8, (got, ideal)
 
@@ -160,9 +210,14 @@ def test_encoding_is_bit_exact_across_runs_and_threads(model):
     fixed = EntropyModel(2, entropy_model.quantize_counts(np.array([[1, 2, 3, 4], [4, 3, 2, 1]])))
     codes = (np.arange(64, dtype=np.uint8).reshape(1, 2, 32) * 7) % 4
     assert hashlib.sha256(ans.encode(codes, 2, fixed)).hexdigest()[:16] == GOLDEN
+    pairs = np.array([[[[4, 1, 1, 1]] * 4, [[1, 1, 1, 4]] * 4]]).reshape(2, 16) * np.arange(1, 17)
+    fixed = EntropyModel(2, fixed.intra, entropy_model.quantize_counts(pairs.reshape(2, 4, 4)))
+    ref = np.roll(codes, 3, axis=2)
+    assert hashlib.sha256(ans.encode(codes, 2, fixed, ref)).hexdigest()[:16] == GOLDEN_DELTA
 
 
 GOLDEN = "53e54787f8e9c5ac"
+GOLDEN_DELTA = "9652e959a255cf5a"
 
 
 def test_bad_payloads_and_arguments_get_clear_errors(model):

@@ -154,7 +154,7 @@ def test_frame_round_trip_multi_tensor(tensors, bits, coder, flags):
     codes = [np.minimum(t, 2**bits - 1) for t, _ in tensors]
     frame = decode_frame(encode_frame(codes, bits=bits, coder=coder, flags=flags))
     assert isinstance(frame, DecodedFrame)
-    assert (frame.bits, frame.coder, frame.flags, frame.version) == (bits, coder, flags, 1)
+    assert (frame.bits, frame.coder, frame.flags, frame.version) == (bits, coder, flags, framing.VERSION)
     assert frame.key_frame == bool(flags & 1)
     assert len(frame.tensors) == len(codes)
     for got, want in zip(frame.tensors, codes):
@@ -165,7 +165,7 @@ def test_frame_round_trip_multi_tensor(tensors, bits, coder, flags):
 def test_frame_layout_matches_spec():
     codes = np.arange(6, dtype=np.uint8).reshape(2, 3)
     frame = encode_frame([codes], bits=8, coder="raw", flags=1)
-    header = b"IC" + bytes([1, 1, 0, 8, 1]) + bytes([0, 2]) + struct.pack("<III", 2, 3, 6)
+    header = b"IC" + bytes([framing.VERSION, 1, 0, 8, 1]) + bytes([0, 2]) + struct.pack("<III", 2, 3, 6)
     assert frame[: len(header)] == header
     assert frame[len(header) : len(header) + 6] == codes.tobytes()
     assert struct.unpack("<I", frame[-4:])[0] == zlib.crc32(frame[:-4])
@@ -226,8 +226,9 @@ def test_header_errors_say_what_is_wrong():
     frame = sample_frame("raw")
     with pytest.raises(CodecError, match="bad magic"):
         decode_frame(b"XX" + frame[2:])
-    with pytest.raises(CodecError, match="unsupported frame version 2"):
-        decode_frame(frame[:2] + b"\x02" + frame[3:])
+    for old in (1, 3):  # 1: delta frames coded position by position, before runs
+        with pytest.raises(CodecError, match=f"unsupported frame version {old}"):
+            decode_frame(frame[:2] + bytes([old]) + frame[3:])
     with pytest.raises(CodecError, match="CRC32 mismatch: frame corrupted"):
         decode_frame(frame[:-1] + bytes([frame[-1] ^ 0xFF]))
     with pytest.raises(CodecError, match="unknown coder 7"):

@@ -386,7 +386,7 @@ def frame_structures(draw):
                      + struct.pack("<I", length))
         payloads.append(payload)
     magic = draw(st.one_of(st.just(b"IC"), st.binary(min_size=2, max_size=2)))
-    version = draw(st.one_of(st.just(1), st.integers(0, 255)))
+    version = draw(st.one_of(st.just(framing.VERSION), st.integers(0, 255)))
     n = draw(st.one_of(st.just(len(heads)), st.integers(0, 255)))
     body = struct.pack("<2sBBBBB", magic, version, draw(st.integers(0, 255)), coder_id, bits, n)
     body += b"".join(heads) + b"".join(payloads)

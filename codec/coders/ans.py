@@ -1,10 +1,13 @@
 """ANS (constriction's stack coder) against the artifact's integer tables: codes at their model's cost.
 
-A key frame codes each channel against its marginal (the factorized bound); a delta frame codes each
-code against the row chosen by the same position's code in the reference frame. Symbols go in
-channel order, within a channel in position order (delta frames: grouped by the reference code, a
-grouping the decoder recomputes from the reference it holds). The payload is the coder's 32-bit
-words, little endian. Decoding is refused unless it consumes the payload exactly.
+A key frame codes each channel against its marginal (the factorized bound), in position order.
+A delta frame codes what changed since the reference frame, which the decoder holds: per channel,
+the number of gap symbols (uniform), then the runs of unchanged codes between changed positions
+(gap symbols, a final run up to the channel's end included), then, grouped by (channel, reference
+code), each changed position's new code (codec/entropy_model.py: delta_tables). On a fixed camera
+most codes repeat, and a repeated code costs no coder step: a delta frame takes a third of the
+symbols a key frame takes. The payload is the coder's 32-bit words, little endian. Decoding is
+refused unless it consumes the payload exactly and the runs add up to each channel's length.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import hashlib
 import numpy as np
 
 from codec.coders._common import check_codes, element_count, finish_decode
-from codec.entropy_model import PRECISION, EntropyModel, channel_rows
+from codec.entropy_model import GAP_ESCAPE, PRECISION, EntropyModel, channel_rows
 from codec.errors import CodecError
 from codec.quantizer import check_bits
 
@@ -27,6 +30,8 @@ NAME = "ans"
 ID = 2
 NEEDS_MODEL = True
 
+ESCAPE_SHIFT = GAP_ESCAPE.bit_length() - 1
+assert GAP_ESCAPE == 1 << ESCAPE_SHIFT, "runs are cut into escapes with shifts"
 _MODELS: dict[tuple, list] = {}  # constriction models of a table, built once per process
 
 
@@ -45,30 +50,104 @@ def _categoricals(table: np.ndarray) -> list:
     return models
 
 
-def _plan(model: EntropyModel, ref: np.ndarray | None, shape: tuple[int, ...]):
-    """(models, order, bounds): the symbols go in `order` (positions into the flat codes; None: as they are),
-    cut into groups at `bounds`, group k coded against models[k]. Key frames: one group per channel against
-    its marginal. Delta frames: one per (channel, reference code), positions in order within a group."""
+def _delta_models(model: EntropyModel) -> tuple[list, list]:
+    """Constriction models of the delta tables: one per channel's gaps, one per (channel, reference code) (none
+    at 1 bit: a changed code is the other one)."""
+    gap, change = model.delta_tables
+    return _categoricals(gap), _categoricals(change) if change.shape[-1] > 1 else []
+
+
+def _check(model: EntropyModel, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(channels, positions per channel) of a frame of `shape` coded with `model`."""
     c = model.channels
     n = element_count(shape)
     if not ((len(shape) >= 2 and shape[0] == 1 and shape[1] == c) or (len(shape) >= 1 and shape[0] == c)):
         raise CodecError(f"shape {tuple(shape)} does not carry the model's {c} channels (axis 1, or 0 unbatched)")
-    if ref is None:
-        return _categoricals(model.intra), None, np.arange(c + 1) * (n // c)
+    return c, n // c
+
+
+def _reference(model: EntropyModel, ref: np.ndarray, c: int, n: int) -> np.ndarray:
+    """The reference codes as flat uint8, checked against the frame and the delta tables."""
     if model.inter is None:
         raise CodecError("a delta frame needs an entropy model with an inter table")
-    r = channel_rows(ref, c, np.uint8)
-    if r.size != n:
-        raise CodecError(f"reference holds {r.size} codes, the frame {n}")
+    r = channel_rows(ref, c, np.uint8).reshape(-1)
+    if r.size != c * n:
+        raise CodecError(f"reference holds {r.size} codes, the frame {c * n}")
     s = model.inter.shape[1]
     if r.size and int(r.max()) >= s:
         raise CodecError(f"reference holds code {int(r.max())}, the inter table has {s} rows")
-    # a stable sort of each channel's reference codes: numpy's radix sort on 8 bits (4x faster than one sort
-    # of 16-bit (channel, code) keys)
-    order = np.argsort(r, axis=1, kind="stable")
-    order = (order + np.arange(c, dtype=np.intp)[:, None] * r.shape[1]).reshape(-1)
-    counts = np.bincount((np.arange(c, dtype=np.intp)[:, None] * s + r).reshape(-1), minlength=c * s)
-    return _categoricals(model.inter), order, np.concatenate(([0], np.cumsum(counts)))
+    return r
+
+
+def _groups(chan: np.ndarray, refs: np.ndarray, c: int, s: int) -> tuple[np.ndarray, list[int]]:
+    """Changed positions (their channel and reference code, in position order) grouped by (channel,
+    reference code): (order, bounds), group k = c * s + p is order[bounds[k]:bounds[k + 1]]."""
+    key = chan.astype(np.uint16 if c * s <= 1 << 16 else np.uint32) * s + refs
+    order = np.argsort(key, kind="stable")  # a radix sort on 16 bits
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(key, minlength=c * s))))
+    return order, bounds.tolist()
+
+
+def _changed(flat: np.ndarray, r: np.ndarray, c: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the flat positions whose code differs from the reference's, how many in each channel)."""
+    pos = np.flatnonzero(flat != r)
+    return pos, np.diff(np.searchsorted(pos, np.arange(c + 1) * n))
+
+
+def _runs(pos: np.ndarray, counts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(gap symbols, how many per channel) of the changed flat positions `pos` (sorted; `counts` per channel).
+
+    Each channel's run of unchanged codes before each change, and after its last (a change at position n
+    that is not one); a run of g codes is g // GAP_ESCAPE escapes then g % GAP_ESCAPE. In the extended
+    index c * (n + 1) + position, a channel's end follows its last change: one diff gives every run."""
+    c = len(counts)
+    ext = np.insert(pos + np.repeat(np.arange(c), counts), np.cumsum(counts), np.arange(c) * (n + 1) + n)
+    gaps = np.diff(ext, prepend=-1) - 1
+    per_run = counts + 1
+    if int(gaps.max()) < GAP_ESCAPE:
+        return gaps.astype(np.int32), per_run
+    steps = (gaps >> ESCAPE_SHIFT) + 1
+    symbols = np.full(int(steps.sum()), GAP_ESCAPE, np.int32)
+    symbols[np.cumsum(steps) - 1] = gaps & (GAP_ESCAPE - 1)
+    return symbols, np.add.reduceat(steps, np.concatenate(([0], np.cumsum(per_run)[:-1])))
+
+
+def _count_digits(most: int) -> list[int]:
+    """Sizes of the uniform digits a count in 0..most is coded with, most significant first (constriction's
+    uniform model takes at most 2**24 values)."""
+    sizes = []
+    while most >= 1 << 24:
+        sizes.append(1 << 12)
+        most >>= 12
+    return [most + 1, *sizes]
+
+
+def _encode_counts(coder, counts: np.ndarray, most: int) -> None:
+    sizes = _count_digits(most)
+    for i, size in enumerate(reversed(sizes)):  # least significant pushed first, popped last
+        coder.encode_reverse(((counts >> (12 * i)) % size).astype(np.int32), constriction.stream.model.Uniform(size))
+
+
+def _decode_counts(coder, c: int, most: int) -> np.ndarray:
+    counts = np.zeros(c, np.int64)
+    for size in _count_digits(most):
+        counts = (counts << 12) + coder.decode(constriction.stream.model.Uniform(size), c)
+    if c and (int(counts.min()) < 1 or int(counts.max()) > most):
+        raise CodecError("ans payload: a channel's run count is out of range")
+    return counts
+
+
+def _changes(symbols: np.ndarray, per_channel: np.ndarray, n: int) -> np.ndarray:
+    """The inverse of _runs: the changed flat positions, or CodecError when the runs do not add up."""
+    c = len(per_channel)
+    escape = symbols == GAP_ESCAPE
+    ext = np.cumsum(np.where(escape, GAP_ESCAPE, symbols + 1)) - 1
+    last = np.cumsum(per_channel) - 1
+    if escape[last].any() or (ext[last] != np.arange(c) * (n + 1) + n).any():
+        raise CodecError("ans payload: the runs do not add up to the channels' length")
+    escape[last] = True  # each channel's end is not a change
+    ext = ext[~escape]
+    return ext - ext // (n + 1)
 
 
 def encode(codes: np.ndarray, bits: int, model: EntropyModel | None = None, ref: np.ndarray | None = None) -> bytes:
@@ -77,12 +156,29 @@ def encode(codes: np.ndarray, bits: int, model: EntropyModel | None = None, ref:
         raise CodecError("the ans coder needs the artifact's entropy model")
     if model.bits != bits:
         raise CodecError(f"entropy model is for {model.bits} bits, codes are {bits}")
-    models, order, bounds = _plan(model, ref, codes.shape)
-    symbols = (flat if order is None else flat[order]).astype(np.int32)  # grouped: each group a contiguous slice
+    c, n = _check(model, codes.shape)
     coder = constriction.stream.stack.AnsCoder()
-    for k in range(len(bounds) - 2, -1, -1):  # a stack: the last pushed is the first popped
-        if bounds[k + 1] > bounds[k]:
-            coder.encode_reverse(symbols[bounds[k]:bounds[k + 1]], models[k])
+    if ref is None:
+        symbols, models = flat.astype(np.int32), _categoricals(model.intra)
+        for k in range(c - 1, -1, -1) if n else ():  # a stack: the last pushed is the first popped
+            coder.encode_reverse(symbols[k * n:(k + 1) * n], models[k])
+        return coder.get_compressed().astype("<u4").tobytes()
+    r = _reference(model, ref, c, n)
+    s = 1 << bits
+    pos, counts = _changed(flat, r, c, n)
+    gap_models, change_models = _delta_models(model)
+    if s > 2:  # at 1 bit a changed code is the other one
+        new, old = flat[pos], r[pos]
+        order, bounds = _groups(pos // max(n, 1), old, c, s)
+        values = (new - (new > old))[order].astype(np.int32)
+        for k in range(c * s - 1, -1, -1):
+            if bounds[k + 1] > bounds[k]:
+                coder.encode_reverse(values[bounds[k]:bounds[k + 1]], change_models[k])
+    symbols, per_channel = _runs(pos, counts, n)
+    ends = np.concatenate(([0], np.cumsum(per_channel))).tolist()
+    for k in range(c - 1, -1, -1):
+        coder.encode_reverse(symbols[ends[k]:ends[k + 1]], gap_models[k])
+    _encode_counts(coder, per_channel, n + 1)
     return coder.get_compressed().astype("<u4").tobytes()
 
 
@@ -95,14 +191,14 @@ def decode(payload: bytes, shape: tuple, bits: int, model: EntropyModel | None =
         raise CodecError(f"frame coded at {bits} bits, the entropy model is for {model.bits}")
     if len(payload) % 4:
         raise CodecError(f"ans payload is {len(payload)} bytes, not a whole number of 32-bit words")
-    models, order, bounds = _plan(model, ref, tuple(shape))
-    symbols = np.empty(int(bounds[-1]), np.uint8)
+    c, n = _check(model, tuple(shape))
+    r = None if ref is None else _reference(model, ref, c, n)
     try:
         coder = constriction.stream.stack.AnsCoder(np.frombuffer(payload, "<u4").astype(np.uint32))
-        for k in range(len(bounds) - 1):
-            if bounds[k + 1] > bounds[k]:
-                symbols[bounds[k]:bounds[k + 1]] = coder.decode(models[k], int(bounds[k + 1] - bounds[k]))
+        out = _decode_key(coder, model, c, n) if r is None else _decode_delta(coder, model, r, c, n)
         complete = coder.is_empty()
+    except CodecError:
+        raise
     except (ValueError, RuntimeError, OverflowError) as e:
         raise CodecError(f"ans payload does not decode ({e})") from None
     except BaseException as e:  # a panic inside the Rust coder: still just a bad frame
@@ -111,8 +207,51 @@ def decode(payload: bytes, shape: tuple, bits: int, model: EntropyModel | None =
         raise CodecError(f"ans payload does not decode ({type(e).__name__}: {e})") from None
     if not complete:
         raise CodecError("ans payload holds more data than the frame's codes")
-    out = symbols
-    if order is not None:
-        out = np.empty_like(symbols)
-        out[order] = symbols
     return finish_decode(out, shape, bits, NAME)
+
+
+def _decode_key(coder, model: EntropyModel, c: int, n: int) -> np.ndarray:
+    models = _categoricals(model.intra)
+    out = np.empty(c * n, np.uint8)
+    for k in range(c) if n else ():
+        out[k * n:(k + 1) * n] = coder.decode(models[k], n)
+    return out
+
+
+def _decode_delta(coder, model: EntropyModel, r: np.ndarray, c: int, n: int) -> np.ndarray:
+    gap_models, change_models = _delta_models(model)
+    per_channel = _decode_counts(coder, c, n + 1)
+    symbols = np.concatenate([coder.decode(gap_models[k], int(per_channel[k])) for k in range(c)])
+    pos = _changes(symbols, per_channel, n)
+    out = r.copy()
+    s = 1 << model.bits
+    old = r[pos]
+    if s == 2:
+        out[pos] = 1 - old
+        return out
+    order, bounds = _groups(pos // max(n, 1), old, c, s)
+    values = np.empty(len(pos), np.int64)
+    for k in range(c * s):
+        if bounds[k + 1] > bounds[k]:
+            values[bounds[k]:bounds[k + 1]] = coder.decode(change_models[k], bounds[k + 1] - bounds[k])
+    old = old[order]
+    out[pos[order]] = values + (values >= old)
+    return out
+
+
+def ideal_bits(codes: np.ndarray, model: EntropyModel, ref: np.ndarray | None = None) -> float:
+    """-log2 P of the symbols this coder codes for `codes` (a delta frame: given `ref`): its ideal size."""
+    if ref is None:
+        return model.cost_bits(codes)
+    flat = np.asarray(codes).reshape(-1)
+    c, n = _check(model, np.shape(codes))
+    r = _reference(model, ref, c, n)
+    pos, counts = _changed(flat, r, c, n)
+    symbols, per_channel = _runs(pos, counts, n)
+    gap, change = model.delta_tables
+    freq = [gap[np.repeat(np.arange(c), per_channel), symbols]]
+    if model.bits > 1:
+        new, old = flat[pos].astype(np.int64), r[pos].astype(np.int64)
+        freq.append(change[pos // max(n, 1), old, new - (new > old)])
+    counts_bits = c * float(np.log2(np.prod(_count_digits(n + 1), dtype=np.float64)))
+    return counts_bits + float(sum(PRECISION * f.size - np.log2(f).sum() for f in freq))
