@@ -109,6 +109,10 @@ def main() -> None:
     bound = plugin_bound_bytes(test, bits)
     cross = float(np.mean([sum(m.cost_bits(t[f]) for m, t in zip(models, v, strict=True)) / 8
                            for v in test.values() for f in range(v[0].shape[0])]))
+    # what a delta frame codes: the codes that differ from the previous frame's (the rest are runs)
+    changed = float(np.mean([np.mean([(t[f] != t[f - 1]).mean() for t in v]) for v in test.values()
+                             for f in range(1, v[0].shape[0])]))
+    console.print(f"codes changed from the previous frame: {changed:.1%}", highlight=False)
     rows = []
     settings = [("raw", 1), ("zstd", 1)] + [("ans", int(k)) for k in args.key_intervals.split(",")]
     for coder, k in settings:
@@ -130,12 +134,13 @@ def main() -> None:
     out.write_text(json.dumps({
         "artifact": str(args.artifact), "artifact_id": art.id, "cut": art.manifest["cut"]["name"], "bits": bits,
         "test_frames": rows[0]["frames"], "stride": args.stride,
-        "factorized_bound_bytes": bound, "tables_cross_entropy_bytes": cross,
+        "factorized_bound_bytes": bound, "tables_cross_entropy_bytes": cross, "changed_fraction": changed,
         "tables": "fitted here on held-out normal training videos " + ",".join(HELDOUT) if fitted_here
         else "the artifact's", "rows": rows,
         "how": {"bound": "per-channel plug-in entropy of the test codes pooled over all test frames, bytes per "
                          "frame, framing excluded; tables_cross_entropy: -log2 of the test codes under the "
-                         "intra tables", "bytes": "codec.encode_frame, framing and CRC included",
+                         "intra tables; changed_fraction: the share of codes unequal to the previous test "
+                         "frame's, averaged over frames", "bytes": "codec.encode_frame, framing and CRC included",
                 "ms": "median per frame, this CPU, one thread"},
         "machine": machine_info(1), "git": git_revision(), "command": " ".join(sys.argv),
     }, indent=2) + "\n")

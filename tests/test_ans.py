@@ -91,7 +91,7 @@ def test_delta_tables_are_exact_integer_functions_of_the_tables():
     with pytest.raises(CodecError):
         entropy_model.quantize_weights([-1, 2])
     with pytest.raises(CodecError, match="inter"):
-        EntropyModel(2, entropy_model.quantize_counts(np.ones((1, 4)))).delta_tables
+        _ = EntropyModel(2, entropy_model.quantize_counts(np.ones((1, 4)))).delta_tables
 
 
 @settings(max_examples=60, deadline=None)

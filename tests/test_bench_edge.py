@@ -30,6 +30,7 @@ def test_edge_bench_runs_the_agent_and_accounts_for_every_frame(tmp_path):
     # The same clip frames through the same head: the agent's frames cost what bare's encoded codes cost.
     assert sink["bytes_per_frame"] == pytest.approx(bare["bytes_per_frame"], rel=0.01)
     assert sink["overhead_pct"] == pytest.approx(100 * (bare["fps"] / sink["fps"] - 1))
+    assert sink["overhead_pct_paired"] == pytest.approx(sink["overhead_pct"])  # one run: its own pair
     assert set(sink["stage_ms_p50"]) == {"capture", "preprocess", "head", "encode", "spool", "send"}
     assert all(v > 0 for v in sink["stage_ms_p50"].values())
     threads = sink["thread_cpu_ms_per_frame"]  # clock ticks (10 ms): only the head's share is sure to show
