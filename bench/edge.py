@@ -5,7 +5,7 @@ What is timed, each in its own process pinned to `--cores` CPUs (2 by default: t
 (2 by default) in every mode:
 
 - bare:   head.onnx alone in onnxruntime, batch 1, on frames decoded and preprocessed beforehand;
-- sink:   the edge agent (edge/agent.py: capture -> preprocess -> head -> encode -> spool -> gRPC), sending
+- sink:   the edge agent (edge/agent.py: capture + preprocess -> head -> encode -> spool -> gRPC), sending
           over loopback to a sink process that acks each frame at once: the edge alone;
 - cloud:  the same agent sending to a real `infocut cloud` on loopback (decode, tail, SQLite); the cloud
           is not pinned, but on a 2-core machine it shares the edge's cores and slows it.
@@ -155,7 +155,7 @@ class ThreadCPU:
 
 
 def thread_group(name: str) -> str:
-    for key, group in (("_infer", "head thread (preprocess + onnxruntime caller)"), ("<lambda>", "capture thread"),
+    for key, group in (("_infer", "head thread (onnxruntime caller)"), ("<lambda>", "capture thread (decode + preprocess)"),
                        ("_encode", "encode thread (encode + spool)"), ("bench-cpu", "this sampler"),
                        ("(_report)", "reporter"),
                        ("grpc", "gRPC (C threads)"), ("default-exec", "gRPC (C threads)"),

@@ -1,4 +1,4 @@
-"""The edge agent: per camera, capture -> head -> encode -> outbox -> link, each stage its own thread.
+"""The edge agent: per camera, capture (and resize) -> head -> encode -> outbox -> link, each stage its own thread.
 
 Stages hand frames over through bounded queues (edge/stages.py): with the `realtime` policy a stage
 that falls behind loses the oldest queued frames (counted per stage), with `lossless` it holds the
@@ -117,7 +117,8 @@ class Camera:
                 self.stop.wait(max(0.0, next_at - time.monotonic()))
                 next_at += period
             self.stats.add("captured")
-            if not self.to_head.put((seq, cap)):
+            # resized here, off the head's thread: the head is the slowest stage, its thread only runs it
+            if not self.to_head.put((seq, cap.time, cap.index, to_input(cap.image, self.artifact.input_size))):
                 self.stats.drop("shutdown")
                 break
             seq += 1
@@ -125,14 +126,14 @@ class Camera:
     def _infer(self) -> None:
         timer = metrics.HEAD_SECONDS.labels(self.cfg.id)
         while (item := self.to_head.get()) is not END:
-            seq, cap = item
+            seq, t, index, image = item
             t0 = time.perf_counter()
             if self.cfg.test_head_delay_s:
                 time.sleep(self.cfg.test_head_delay_s)
-            codes = self.head(to_input(cap.image, self.artifact.input_size)[None])
+            codes = self.head(image[None])
             timer.observe(time.perf_counter() - t0)
             self.stats.add("processed")
-            if not self.to_encode.put((seq, cap.time, cap.index, codes)):
+            if not self.to_encode.put((seq, t, index, codes)):
                 self.stats.drop("shutdown")
                 break
 
