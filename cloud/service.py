@@ -18,7 +18,7 @@ import grpc
 import infocut
 from cloud import metrics
 from cloud.auth import Auth
-from cloud.store import Store
+from cloud.store import Link, Store
 from cloud.tail import CameraHistory, Tail
 from codec import CodecError, DecodedFrame, MissingReference, decode_frame
 from codec.stream import References, pack_codes, unpack_codes
@@ -27,6 +27,7 @@ from protos import infocut_pb2 as pb
 from protos import infocut_pb2_grpc as pb_grpc
 
 log = logging.getLogger("infocut.cloud")
+MAX_CHAIN = 256  # links of a reference chain before a checkpoint of the codes (see IngestService._link)
 
 ARTIFACT_HEADER = "x-infocut-artifact-id"
 OK, INVALID_ARGUMENT, PERMISSION_DENIED, FAILED_PRECONDITION, INTERNAL = 0, 3, 7, 9, 13
@@ -51,6 +52,7 @@ class IngestService(pb_grpc.IngestServicer):
         self.models = artifact.entropy_models
         self.temporal = bool(self.models) and all(m.inter is not None for m in self.models)
         self.references = References(self._stored_reference)
+        self._chain_length: dict[str, int] = {}  # links in each camera's stored reference chain
         self._camera_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def mismatch(self, theirs: str) -> str:
@@ -153,9 +155,9 @@ class IngestService(pb_grpc.IngestServicer):
         metrics.TAIL_SECONDS.observe(time.perf_counter() - t0)
         is_anomaly = scored.score >= self.threshold
         capture = datetime.fromtimestamp(frame.capture_time_us / 1e6, UTC)
-        packed = pack_codes(decoded.tensors) if self.temporal else None
+        link = self._link(frame, decoded) if self.temporal else None
         rec = self.store.record(frame.camera_id, frame.seq, capture, scored.score, is_anomaly, len(frame.tensor),
-                                reference=packed)
+                                link=link)
         self.history.update(frame.camera_id, frame.seq, scored.features)
         if self.temporal:
             self.references.update(frame.camera_id, frame.seq, decoded.tensors)
@@ -175,16 +177,40 @@ class IngestService(pb_grpc.IngestServicer):
                      a.peak_score)
         return result(frame, score=rec.score, is_anomaly=rec.is_anomaly, duplicate=rec.duplicate)
 
+    def _link(self, frame: pb.Frame, decoded: DecodedFrame) -> Link:
+        """The frame's link of its camera's reference chain: the bytes as they came, a key frame starting the
+        chain afresh; after MAX_CHAIN delta frames a checkpoint of the codes instead, so that rebuilding the
+        reference after a restart decodes at most that many frames whatever the edge's key interval."""
+        length = 1 if decoded.key_frame else self._chain_length.get(frame.camera_id, MAX_CHAIN) + 1
+        if length > MAX_CHAIN:
+            self._chain_length[frame.camera_id] = 1
+            return Link(pack_codes(decoded.tensors), checkpoint=True, starts=True)
+        self._chain_length[frame.camera_id] = length
+        return Link(frame.tensor, starts=decoded.key_frame)
+
     def _stored_reference(self, camera_id: str):
-        """A restarted cloud's reference of a camera: the codes stored with its last frame."""
-        held = self.store.reference(camera_id)
-        if held is None:
+        """A restarted cloud's reference of a camera: its stored chain decoded, the last frame's codes."""
+        chain = self.store.reference_chain(camera_id)
+        if not chain:
             return None
+        shapes = [(1, *s) for s in self.artifact.cut_shapes]
+        held: tuple[int, list] | None = None
         try:
-            return held[0], unpack_codes(held[1], [(1, *s) for s in self.artifact.cut_shapes])
-        except CodecError:
-            log.warning("camera %s: stored reference unreadable; waiting for a key frame", camera_id)
+            for link in chain:
+                if link.checkpoint:
+                    held = (link.seq, unpack_codes(link.data, shapes))
+                    continue
+                prev = held
+
+                def reference(distance: int, seq: int = link.seq, prev=prev):
+                    return prev[1] if prev is not None and prev[0] == seq - distance else None
+
+                held = (link.seq, decode_frame(link.data, self.models, reference, expect_shapes=shapes).tensors)
+        except CodecError as e:
+            log.warning("camera %s: stored reference chain unreadable (%s); waiting for a key frame", camera_id, e)
             return None
+        self._chain_length[camera_id] = len(chain)
+        return held
 
     def decode(self, data: bytes, camera_id: str, seq: int) -> DecodedFrame:
         """The cloud's whole decode path for one frame of a camera, alone (tests/test_fuzz.py feeds it

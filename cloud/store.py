@@ -25,6 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
     case,
     create_engine,
+    delete,
     event,
     func,
     literal,
@@ -94,15 +95,19 @@ class Score(Base):
     nbytes: Mapped[int] = mapped_column(Integer)
 
 
-class Reference(Base):
-    """Each camera's last decoded codes: the reference its next delta frame is coded against. Written in
-    the frame's own transaction, so it is durable exactly when the frame's ack is."""
+class ReferenceLink(Base):
+    """Each camera's reference chain: what its next delta frame is decoded against, rebuilt after a restart.
+    A chain starts with a key frame (or, after many delta frames, a checkpoint of the decoded codes) and
+    goes on with the coded delta frames that followed it, as they came: each frame stored once, as the
+    bytes that arrived (~18 kB a frame for the demo, where storing each frame's codes took ~50 kB and a
+    zstd pass). Written in the frame's own transaction, so it is durable exactly when the frame's ack is."""
 
-    __tablename__ = "camera_references"
+    __tablename__ = "reference_links"
 
     camera_id: Mapped[str] = mapped_column(String(CAMERA_ID_MAX), primary_key=True)
-    seq: Mapped[int] = mapped_column(BigInteger)
-    codes: Mapped[bytes] = mapped_column(LargeBinary)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    checkpoint: Mapped[bool] = mapped_column(Boolean)  # data: packed codes (codec.stream.pack_codes), not a frame
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Alert(Base):
@@ -167,6 +172,16 @@ class CameraOut(BaseModel):
 
 
 @dataclass(frozen=True)
+class Link:
+    """One link of a camera's reference chain: a coded frame as it arrived, or a checkpoint (packed codes)."""
+
+    data: bytes
+    checkpoint: bool = False
+    starts: bool = False  # a key frame or a checkpoint: the chain starts afresh from this link (recording)
+    seq: int = -1  # its frame's seq (reading back)
+
+
+@dataclass(frozen=True)
 class Recorded:
     """Outcome of ``Store.record``; a duplicate carries the score stored the first time."""
 
@@ -202,10 +217,11 @@ class Store:
 
     def record(
         self, camera_id: str, seq: int, capture_time: datetime, score: float, is_anomaly: bool, nbytes: int,
-        reference: bytes | None = None,
+        link: Link | None = None,
     ) -> Recorded:
-        """Store one scored frame and update camera stats and alerts, in one transaction; `reference`: the
-        frame's packed codes, kept as the camera's reference when no later frame is stored.
+        """Store one scored frame and update camera stats and alerts, in one transaction; `link`: the frame's
+        link of its camera's reference chain, appended (or starting the chain afresh) when no later frame is
+        stored.
 
         A frame already stored under (camera_id, seq) changes nothing and returns what was stored. A late
         frame (an older seq than one already stored) is stored and counted but leaves the alerts alone.
@@ -254,11 +270,13 @@ class Store:
             late = session.scalar(
                 select(Score.id).where(Score.camera_id == camera_id, Score.seq > seq).limit(1)
             )
-            if reference is not None and late is None:
+            if link is not None and late is None:
+                if link.starts:
+                    session.execute(delete(ReferenceLink).where(ReferenceLink.camera_id == camera_id))
                 session.execute(
-                    self._insert(Reference)
-                    .values(camera_id=camera_id, seq=seq, codes=reference)
-                    .on_conflict_do_update(index_elements=[Reference.camera_id], set_={"seq": seq, "codes": reference})
+                    self._insert(ReferenceLink)
+                    .values(camera_id=camera_id, seq=seq, checkpoint=link.checkpoint, data=link.data)
+                    .on_conflict_do_nothing(index_elements=[ReferenceLink.camera_id, ReferenceLink.seq])
                 )
             opened = closed = None
             if late is None:
@@ -329,13 +347,15 @@ class Store:
             ).one_or_none()
             return None if row is None else (row.score, row.is_anomaly)
 
-    def reference(self, camera_id: str) -> tuple[int, bytes] | None:
-        """The camera's stored reference (seq, packed codes), None when none."""
+    def reference_chain(self, camera_id: str) -> list[Link]:
+        """The camera's reference chain, in seq order (empty when none)."""
         with self._read() as session:
-            row = session.execute(
-                select(Reference.seq, Reference.codes).where(Reference.camera_id == camera_id)
-            ).one_or_none()
-            return None if row is None else (int(row.seq), bytes(row.codes))
+            rows = session.execute(
+                select(ReferenceLink.seq, ReferenceLink.checkpoint, ReferenceLink.data)
+                .where(ReferenceLink.camera_id == camera_id)
+                .order_by(ReferenceLink.seq)
+            ).all()
+            return [Link(bytes(r.data), checkpoint=r.checkpoint, seq=int(r.seq)) for r in rows]
 
     def last_seq(self, camera_id: str) -> int:
         """The highest sequence number stored for the camera, -1 when none (a restarted edge resumes after it)."""

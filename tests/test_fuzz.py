@@ -106,7 +106,7 @@ def decoder_for(artifact: Artifact, ref: np.ndarray | None = None):
 
     from cloud.service import IngestService
 
-    service = IngestService(artifact, store=SimpleNamespace(reference=lambda camera_id: None),
+    service = IngestService(artifact, store=SimpleNamespace(reference_chain=lambda camera_id: []),
                             tail=SimpleNamespace(gap=1))
     if ref is not None:
         service.references.update(CAMERA, SEQ - 1, [ref])
@@ -467,7 +467,7 @@ def test_a_stream_of_fuzzed_frames_rejects_each_alone_and_scores_the_good_ones(c
     # own that holds what the cloud holds when the frame comes: the codes of the last good frame.
     expected: dict[int, tuple[int, str] | None] = {}
     good_seqs: list[int] = []
-    mirror = IngestService(art, store=SimpleNamespace(reference=lambda camera_id: None),
+    mirror = IngestService(art, store=SimpleNamespace(reference_chain=lambda camera_id: []),
                            tail=SimpleNamespace(gap=1))
 
     def msg(camera: str, seq: int, data: bytes) -> pb.Frame:

@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from cloud.config import AlertConfig
-from cloud.store import Recorded, Store
+from cloud.store import Link, Recorded, Store
 
 UTC = timezone.utc
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -315,15 +315,22 @@ def test_open_after_ignores_isolated_anomalous_frames(make_store: MakeStore) -> 
     assert closed is not None and closed.id == opened.id
 
 
-def test_the_reference_of_delta_frames_is_stored_with_the_frame_and_survives_a_restart(make_store: MakeStore) -> None:
+def test_the_reference_chain_is_stored_with_the_frames_and_survives_a_restart(make_store: MakeStore) -> None:
     store = make_store()
-    assert store.reference("cam") is None
-    store.record("cam", 0, at(0), 0.1, False, 10, reference=b"codes-0")
-    store.record("cam", 2, at(2), 0.1, False, 10, reference=b"codes-2")
-    store.record("cam", 1, at(1), 0.1, False, 10, reference=b"codes-1")  # late: the newer reference stays
-    store.record("cam", 2, at(2), 0.1, False, 10, reference=b"resent")  # duplicate: changes nothing
-    store.record("other", 5, at(5), 0.1, False, 10)  # no reference given: none stored
-    assert store.reference("cam") == (2, b"codes-2")
-    assert store.reference("other") is None
+    assert store.reference_chain("cam") == []
+    store.record("cam", 0, at(0), 0.1, False, 10, link=Link(b"key-0", starts=True))
+    store.record("cam", 2, at(2), 0.1, False, 10, link=Link(b"delta-2"))
+    store.record("cam", 1, at(1), 0.1, False, 10, link=Link(b"delta-1"))  # late: not a link of the chain
+    store.record("cam", 2, at(2), 0.1, False, 10, link=Link(b"resent"))  # duplicate: changes nothing
+    store.record("cam", 3, at(3), 0.1, False, 10, link=Link(b"delta-3"))
+    store.record("other", 5, at(5), 0.1, False, 10)  # no link given: none stored
+    assert [(x.seq, x.data, x.checkpoint) for x in store.reference_chain("cam")] == [
+        (0, b"key-0", False), (2, b"delta-2", False), (3, b"delta-3", False)]
+    assert store.reference_chain("other") == []
+    store.record("cam", 4, at(4), 0.1, False, 10, link=Link(b"codes-4", checkpoint=True, starts=True))
+    store.record("cam", 5, at(5), 0.1, False, 10, link=Link(b"delta-5"))
     store.close()
-    assert make_store().reference("cam") == (2, b"codes-2")
+    assert [(x.seq, x.data, x.checkpoint) for x in make_store().reference_chain("cam")] == [
+        (4, b"codes-4", True), (5, b"delta-5", False)]  # a new start drops the links before it
+
+

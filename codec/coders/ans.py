@@ -83,7 +83,7 @@ def _groups(chan: np.ndarray, refs: np.ndarray, c: int, s: int) -> tuple[np.ndar
     """Changed positions (their channel and reference code, in position order) grouped by (channel,
     reference code): (order, bounds), group k = c * s + p is order[bounds[k]:bounds[k + 1]]."""
     key = chan.astype(np.uint16 if c * s <= 1 << 16 else np.uint32) * s + refs
-    order = np.argsort(key, kind="stable")  # a radix sort on 16 bits
+    order = np.argsort(key, kind="stable")  # numpy sorts 16-bit keys by radix
     bounds = np.concatenate(([0], np.cumsum(np.bincount(key, minlength=c * s))))
     return order, bounds.tolist()
 
