@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from edge.outbox import Outbox
 
 HEAD_SECONDS = Histogram(
-    "infocut_edge_head_seconds", "head.onnx time per frame (resize included), in seconds.", ["camera_id"],
+    "infocut_edge_head_seconds", "head.onnx time per frame, in seconds (the resize is the capture thread's).", ["camera_id"],
     buckets=[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
 )
 FRAME_BYTES = Histogram(
