@@ -31,7 +31,7 @@ from edge.head import Head
 from edge.link import EdgeError, Link
 from edge.metrics import CameraStats
 from edge.outbox import Outbox
-from edge.preprocess import to_input
+from edge.preprocess import one_opencv_thread, to_input
 from edge.providers import short
 from edge.source import Source, SourceError, open_source
 from edge.spool import Spool, SpoolError
@@ -65,6 +65,7 @@ class Camera:
             if hasattr(self, "spool"):
                 self.spool.close()
             raise EdgeError(f"camera {cfg.id}: {e}") from None
+        one_opencv_thread()
         self.stop = threading.Event()
         self.stats = CameraStats(cfg.id, self.outbox, short(self.head.providers))
         metrics.register(self.stats)

@@ -17,3 +17,10 @@ def to_input(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return np.ascontiguousarray(rgb)
     interp = cv2.INTER_AREA if rgb.shape[0] > h else cv2.INTER_LINEAR
     return cv2.resize(rgb, (w, h), interpolation=interp)
+
+
+def one_opencv_thread() -> None:
+    """Keep OpenCV to the calling thread, process-wide. Its worker pool spin-waits after each parallel call,
+    taking CPU from onnxruntime's threads, and the edge resizes in its capture thread, beside the head, where
+    one thread is enough (bench/edge.py: a few points less CPU overhead)."""
+    cv2.setNumThreads(1)
