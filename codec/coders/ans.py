@@ -79,10 +79,10 @@ def _reference(model: EntropyModel, ref: np.ndarray, c: int, n: int) -> np.ndarr
     return r
 
 
-def _groups(chan: np.ndarray, refs: np.ndarray, c: int, s: int) -> tuple[np.ndarray, list[int]]:
-    """Changed positions (their channel and reference code, in position order) grouped by (channel,
+def _groups(pos: np.ndarray, refs: np.ndarray, c: int, n: int, s: int) -> tuple[np.ndarray, list[int]]:
+    """The changed flat positions `pos` (in order; `refs` their reference codes) grouped by (channel,
     reference code): (order, bounds), group k = c * s + p is order[bounds[k]:bounds[k + 1]]."""
-    key = chan.astype(np.uint16 if c * s <= 1 << 16 else np.uint32) * s + refs
+    key = (pos // max(n, 1)).astype(np.uint16 if c * s <= 1 << 16 else np.uint32) * s + refs
     order = np.argsort(key, kind="stable")  # numpy sorts 16-bit keys by radix
     bounds = np.concatenate(([0], np.cumsum(np.bincount(key, minlength=c * s))))
     return order, bounds.tolist()
@@ -169,7 +169,7 @@ def encode(codes: np.ndarray, bits: int, model: EntropyModel | None = None, ref:
     gap_models, change_models = _delta_models(model)
     if s > 2:  # at 1 bit a changed code is the other one
         new, old = flat[pos], r[pos]
-        order, bounds = _groups(pos // max(n, 1), old, c, s)
+        order, bounds = _groups(pos, old, c, n, s)
         values = (new - (new > old))[order].astype(np.int32)
         for k in range(c * s - 1, -1, -1):
             if bounds[k + 1] > bounds[k]:
@@ -229,7 +229,7 @@ def _decode_delta(coder, model: EntropyModel, r: np.ndarray, c: int, n: int) -> 
     if s == 2:
         out[pos] = 1 - old
         return out
-    order, bounds = _groups(pos // max(n, 1), old, c, s)
+    order, bounds = _groups(pos, old, c, n, s)
     values = np.empty(len(pos), np.int64)
     for k in range(c * s):
         if bounds[k + 1] > bounds[k]:
