@@ -1,4 +1,5 @@
-"""The edge agent: per camera, capture (and resize) -> head -> encode -> outbox -> link, each stage its own thread.
+"""The edge agent: per camera, capture (and resize) -> head -> encode -> outbox -> link, each stage its own thread
+(the head: one per head worker, whole frames side by side, handed on in order).
 
 Stages hand frames over through bounded queues (edge/stages.py): with the `realtime` policy a stage
 that falls behind loses the oldest queued frames (counted per stage), with `lossless` it holds the
@@ -20,22 +21,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 
 from codec.stream import StreamEncoder
 from edge import metrics
+from edge import providers as eps
 from edge.config import CameraConfig, EdgeConfig
 from edge.head import Head
 from edge.link import EdgeError, Link
 from edge.metrics import CameraStats
 from edge.outbox import Outbox
 from edge.preprocess import one_opencv_thread, to_input
-from edge.providers import short
 from edge.source import Source, SourceError, open_source
 from edge.spool import Spool, SpoolError
-from edge.stages import END, StageQueue, lower_priority
+from edge.stages import END, InOrder, StageQueue, lower_priority
 from infocut import tls
 from infocut.artifact import load_artifact
 
@@ -60,20 +62,24 @@ class Camera:
             self.outbox = Outbox(self.spool, cfg.outbox_frames, sp.mode)
             credentials = None if cfg.tls is None else tls.channel_credentials(cfg.tls.ca, cfg.tls.cert, cfg.tls.key)
             token = cfg.bearer_token()
-            self.head = Head(self.artifact, cfg.threads, cfg.providers, cfg.spin)
+            self.heads = head_workers(self.artifact, cfg)
         except (OSError, ValueError, SpoolError) as e:  # ConfigError, TLSError, ProviderError are ValueErrors
             if hasattr(self, "spool"):
                 self.spool.close()
             raise EdgeError(f"camera {cfg.id}: {e}") from None
         one_opencv_thread()
         self.stop = threading.Event()
-        self.stats = CameraStats(cfg.id, self.outbox, short(self.head.providers))
+        self.stats = CameraStats(cfg.id, self.outbox, eps.short(self.heads[0].providers))
         metrics.register(self.stats)
-        log.info("event=head camera=%s providers=%s tls=%s token=%s", cfg.id, self.stats.providers,
-                 "off" if cfg.tls is None else ("mutual" if cfg.tls.cert else "on"), "set" if token else "none")
+        log.info("event=head camera=%s providers=%s workers=%d tls=%s token=%s", cfg.id, self.stats.providers,
+                 len(self.heads), "off" if cfg.tls is None else ("mutual" if cfg.tls.cert else "on"),
+                 "set" if token else "none")
         realtime = cfg.policy == "realtime"
         self.to_head = StageQueue(cfg.queue_size, realtime, lambda _: self.stats.drop("behind_head"), self.stop)
         self.to_encode = StageQueue(cfg.queue_size, realtime, lambda _: self.stats.drop("behind_encode"), self.stop)
+        self.in_order = InOrder(self.to_head, self.to_encode.put)
+        self._heads_running = len(self.heads)
+        self._heads_lock = threading.Lock()
         self.encoded_all = threading.Event()
         self.error: BaseException | None = None
         self.seq_floor = 0  # capture numbers at or above this (a live camera's first handshake may raise it)
@@ -84,9 +90,9 @@ class Camera:
                          backoff, self.encoder.request_key, credentials, token)
 
     # -- stages ---------------------------------------------------------------------------------
-    def _stage(self, body: Callable[[], None], downstream: StageQueue | None, nice: int = 0) -> threading.Thread:
-        """A stage thread: an exception ends the camera with that error; the next stage is closed either way.
-        `nice`: added to the thread's niceness (Linux: per thread; elsewhere ignored)."""
+    def _stage(self, name: str, body: Callable[[], None], done: Callable[[], None], nice: int = 0) -> threading.Thread:
+        """A stage thread: an exception ends the camera with that error; `done` (closing the next stage) runs
+        either way. `nice`: added to the thread's niceness (Linux: per thread; elsewhere ignored)."""
 
         def target() -> None:
             lower_priority(nice)
@@ -96,12 +102,16 @@ class Camera:
                 self.error = self.error or e
                 log.error("event=stage_failed camera=%s error=%r", self.cfg.id, e)
             finally:
-                if downstream is not None:
-                    downstream.close()
-                else:
-                    self.encoded_all.set()
+                done()
 
-        return threading.Thread(target=target, name=f"{self.cfg.id}-{body.__name__}", daemon=True)
+        return threading.Thread(target=target, name=f"{self.cfg.id}-{name}", daemon=True)
+
+    def _head_done(self) -> None:
+        """The last head worker to finish closes the encode stage's queue."""
+        with self._heads_lock:
+            self._heads_running -= 1
+            if self._heads_running == 0:
+                self.to_encode.close()
 
     def _capture(self, source: Source, seq: int, skip: int) -> None:
         """Frames of `source` from the `skip`-th on, numbered from `seq`."""
@@ -124,17 +134,17 @@ class Camera:
                 break
             seq += 1
 
-    def _infer(self) -> None:
+    def _infer(self, head: Head) -> None:
         timer = metrics.HEAD_SECONDS.labels(self.cfg.id)
-        while (item := self.to_head.get()) is not END:
-            seq, t, index, image = item
+        while (taken := self.in_order.take())[0] is not END:
+            (seq, t, index, image), ticket = taken
             t0 = time.perf_counter()
             if self.cfg.test_head_delay_s:
                 time.sleep(self.cfg.test_head_delay_s)
-            codes = self.head(image[None])
+            codes = head(image[None])
             timer.observe(time.perf_counter() - t0)
             self.stats.add("processed")
-            if not self.to_encode.put((seq, t, index, codes)):
+            if not self.in_order.done(ticket, (seq, t, index, codes)):
                 self.stats.drop("shutdown")
                 break
 
@@ -226,23 +236,24 @@ class Camera:
                      "resume_after_index=%d spooled=%d", self.cfg.id, self.cfg.source, self.cfg.policy,
                      self.cfg.spool.mode, self.cfg.cloud, first_seq, skip - 1, self.spool.depth[0])
             threads = [
-                self._stage(lambda: self._capture(source, first_seq, skip), self.to_head, self.cfg.side_nice),
-                self._stage(self._infer, self.to_encode),
-                self._stage(self._encode, None, self.cfg.side_nice),
-                threading.Thread(target=self._report, daemon=True),
+                self._stage("_capture", lambda: self._capture(source, first_seq, skip), self.to_head.close,
+                            self.cfg.side_nice),
+                *(self._stage(f"_infer{k}", lambda h=head: self._infer(h), self._head_done)
+                  for k, head in enumerate(self.heads)),
+                self._stage("_encode", self._encode, self.encoded_all.set, self.cfg.side_nice),
             ]
             for t in threads:
                 t.start()
+            threading.Thread(target=self._report, daemon=True).start()
             self.link.run(finished=self.encoded_all.is_set)
             finished = self.encoded_all.is_set() and self.outbox.depth[0] == 0 and not self.stop.is_set()
         finally:
             self.stop.set()
             source.close()
-            for t in threads[:3]:
+            for t in threads:
                 t.join(timeout=10)
-            for q in (self.to_head, self.to_encode):
-                for _ in range(len(q)):
-                    self.stats.drop("shutdown")
+            for _ in range(len(self.to_head) + len(self.in_order.pending) + len(self.to_encode)):
+                self.stats.drop("shutdown")
             if finished and self.error is None and not self.cfg.live:
                 self._write_state(done=True, seq0=seq0)
             self.outbox.close()  # frames still in memory go to the spool
@@ -254,6 +265,16 @@ class Camera:
     def _report(self) -> None:
         while not self.stop.wait(PROGRESS_S):
             log.info(self.stats.line("progress"))
+
+
+def head_workers(artifact, cfg: CameraConfig) -> list[Head]:
+    """The camera's head sessions: `head_workers` of them (0: 2 on a CPU-only head with 2+ cores, else 1), each
+    with `threads` intra-op threads (0: the cores this process may use, shared among them)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpu_only = eps.resolve(cfg.providers) == [eps.NAMES["cpu"]]
+    n = cfg.head_workers or (2 if cpu_only and cores >= 2 else 1)
+    threads = cfg.threads or max(1, cores // n)  # onnxruntime's own default counts cores it may not run on
+    return [Head(artifact, threads, cfg.providers, cfg.spin) for _ in range(n)]
 
 
 def run(cfg: EdgeConfig) -> list[CameraStats]:

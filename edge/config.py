@@ -93,7 +93,13 @@ class CameraConfig(_Link):
     max_frames: int | None = Field(None, ge=1)
     queue_size: int = Field(8, ge=1, description="frames between two stages")
     max_inflight: int = Field(32, ge=1, description="frames sent and not yet acked")
-    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: all cores)")
+    head_workers: int = Field(0, ge=0, le=16, description="head sessions running frames side by side, their results "
+                              "put back in order (0: 2 on a CPU-only head with 2+ cores, else 1). Whole frames in "
+                              "parallel need no sync between threads inside each op, which on 2 cores beats one "
+                              "session on both (bench/edge.py); each frame takes longer, and each session holds "
+                              "its own buffers")
+    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads of each head session (0: the cores this "
+                         "process may use, shared among the head workers)")
     spin: bool = Field(False, description="onnxruntime's intra-op threads spin-wait between ops: fastest when the "
                        "head has the CPU to itself; off (default) leaves the cores to the pipeline's other stages "
                        "(bench/edge.py: 16.1 fps against 14.8 with spinning on 2 cores)")

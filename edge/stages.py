@@ -1,4 +1,5 @@
-"""The bounded queue between two pipeline stages, with the two policies of the edge; stage priorities.
+"""The bounded queue between two pipeline stages, with the two policies of the edge; a stage's workers
+kept in order; stage priorities.
 
 `realtime`: a full queue drops its oldest item (the consumer is behind; the freshest frame matters
 most) and reports it through `on_drop`. `lossless`: a full queue blocks the producer (backpressure).
@@ -62,6 +63,39 @@ class StageQueue:
     def __len__(self) -> int:
         with self.cv:
             return len(self.items)
+
+
+class InOrder:
+    """Several workers of one stage: each takes the next item with a ticket, and results leave through
+    `put` in ticket order, so the next stage sees frames in the order they came (a delta frame needs
+    the one before it). At most one result per worker waits here for an earlier one."""
+
+    def __init__(self, source: StageQueue, put: Callable[[Any], bool]) -> None:
+        self.source, self.put = source, put
+        self._take, self._out = threading.Lock(), threading.Lock()
+        self._next_ticket = self._next_out = 0
+        self.pending: dict[int, Any] = {}
+
+    def take(self) -> tuple[Any, int]:
+        """(the next item, its ticket), or (END, -1)."""
+        with self._take:
+            item = self.source.get()
+            if item is END:
+                return END, -1
+            self._next_ticket += 1
+            return item, self._next_ticket - 1
+
+    def done(self, ticket: int, result: Any) -> bool:
+        """Hand on `result` once every earlier ticket's is; False if `put` refused one (the pipeline stopped:
+        the results still held stay in `pending`)."""
+        with self._out:
+            self.pending[ticket] = result
+            while self._next_out in self.pending:
+                if not self.put(self.pending.pop(self._next_out)):
+                    self._next_out += 1
+                    return False
+                self._next_out += 1
+            return True
 
 
 def lower_priority(nice: int) -> None:

@@ -356,7 +356,10 @@ def edge(
     max_frames: Annotated[int | None, typer.Option(help="stop after this many frames of a file")] = None,
     pace: Annotated[bool, typer.Option(help="pace a file source at its own frame rate, as a camera would")] = False,
     fps: Annotated[float, typer.Option(help="pace a file source at this rate (0: as fast as it goes)")] = 0.0,
-    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads (0 = all cores)")] = 0,
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads of each head session (0: the cores, "
+                                              "shared among the head workers)")] = 0,
+    head_workers: Annotated[int, typer.Option(help="head sessions running frames side by side (0: 2 on a CPU-only "
+                                                   "head with 2+ cores, else 1)")] = 0,
     providers: Annotated[str, typer.Option(help="onnxruntime providers of the head: auto (TensorRT > CUDA > CPU, "
                                                 "what this onnxruntime has) or a comma list of tensorrt, cuda, "
                                                 "cpu")] = "auto",
@@ -388,7 +391,7 @@ def edge(
             if not artifact or not source:
                 raise ConfigError("give --artifact and --source (or --config FILE)")
             camera = {"id": camera_id, "source": source, "max_frames": max_frames, "pace": pace, "fps": fps,
-                      "threads": threads, "stall_timeout_s": stall_timeout, **({"policy": policy} if policy else {})}
+                      "threads": threads, "head_workers": head_workers, "stall_timeout_s": stall_timeout, **({"policy": policy} if policy else {})}
             spool_cfg = {"dir": str(spool), "cap_bytes": spool_cap, "ttl_s": spool_ttl, "when_full": spool_when_full,
                          "mode": spool_mode}
             link = {"providers": providers}

@@ -167,3 +167,69 @@ def test_lower_priority_lowers_only_the_calling_thread_and_what_it_starts():
     t.join()
     assert seen == {"stage": min(19, mine + 5), "child": min(19, mine + 5)}
     assert nice_of(threading.get_native_id()) == mine  # the caller's (the head's) priority is untouched
+
+
+def test_head_workers_hand_results_on_in_the_order_frames_were_taken():
+    """Workers finish out of order (random head times); the next stage still sees every frame in order."""
+    import random
+
+    from edge.stages import InOrder
+
+    stop = threading.Event()
+    source = StageQueue(4, drop_oldest=False, on_drop=None, stop=stop)
+    out: list[int] = []
+    order = InOrder(source, lambda x: out.append(x) or True)
+    rng = random.Random(7)
+    delays = [rng.uniform(0, 0.01) for _ in range(60)]
+
+    def worker():
+        while (taken := order.take())[0] is not END:
+            item, ticket = taken
+            time.sleep(delays[item])
+            assert order.done(ticket, item)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(60):
+        source.put(i)
+    source.close()
+    for t in threads:
+        t.join(10)
+    assert out == list(range(60)) and not order.pending
+
+
+def test_in_order_keeps_what_a_stopped_stage_refused():
+    from edge.stages import InOrder
+
+    stop = threading.Event()
+    source = StageQueue(4, drop_oldest=False, on_drop=None, stop=stop)
+    for i in range(3):
+        source.put(i)
+    order = InOrder(source, lambda x: x != 1)  # the next stage refuses item 1 (the pipeline stopped)
+    taken = [order.take() for _ in range(3)]
+    assert [t for _, t in taken] == [0, 1, 2]
+    assert order.done(2, 2) and order.pending == {2: 2}, "held until ticket 0 and 1 are done"
+    assert order.done(0, 0)
+    assert not order.done(1, 1), "the refusal is reported"
+    assert order.pending == {2: 2}, "what is still held stays counted as held"
+
+
+@pytest.mark.parametrize("cores, providers, workers, threads, expected", [
+    ([0, 1], "cpu", 0, 0, (2, 1)),  # a CPU head on 2 cores: two sessions of one thread
+    ([0, 1, 2, 3], "cpu", 0, 0, (2, 2)),
+    ([0], "cpu", 0, 0, (1, 1)),
+    ([0, 1], "cpu", 1, 0, (1, 2)),  # one session takes the cores it may run on, not onnxruntime's own count
+    ([0, 1, 2, 3], "cpu", 3, 1, (3, 1)),
+])
+def test_head_workers_share_the_cores_the_process_may_use(monkeypatch, cores, providers, workers, threads, expected):
+    from edge import agent
+
+    made = []
+    monkeypatch.setattr(agent, "Head", lambda art, t, prov, spin: made.append(t) or object())
+    monkeypatch.setattr(agent.os, "sched_getaffinity", lambda _: set(cores), raising=False)
+    cfg = load({"artifact": "artifacts/demo", "cameras": [{"id": "a", "source": "clip.mp4", "providers": providers,
+                                                          "head_workers": workers, "threads": threads}]},
+               "test", environ={}).cameras[0]
+    agent.head_workers(None, cfg)
+    assert (len(made), made[0]) == expected

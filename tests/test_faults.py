@@ -331,13 +331,14 @@ def test_slow_cloud_backlog_goes_to_the_spool_and_drains(small_artifact, slow_cl
 @pytest.mark.parametrize("mode", ["always", "overflow"])
 def test_realtime_on_a_slow_cloud_drops_oldest_and_counts_every_frame(small_artifact, slow_cloud, frames, tmp_path,
                                                                       mode):
-    # 20 fps into a head slowed to under 12.5 fps (the test-only delay): the head's queue of 8 drops its
+    # 20 fps into a head slowed to under 12.5 fps (the test-only delay, 0.16 s a frame in each of at most
+    # two head workers): the head's queue of 8 drops its
     # oldest frames. Behind it 2 frames in flight (and, in overflow mode, 2 in memory) and a spool of 2
     # frames (~62 kB each), drained at under 7 fps by the slow cloud: the spool drops its oldest segments.
     camera = f"rt-{mode}"
     edge = start_edge(small_artifact, slow_cloud["addr"], frames, tmp_path / "spool", camera, "--policy", "realtime",
                       "--fps", "20", "--spool-cap", str(130_000), "--spool-when-full", "drop-oldest",
-                      "--spool-mode", mode, env={"INFOCUT_EDGE__CAMERAS__0__TEST_HEAD_DELAY_S": "0.08",
+                      "--spool-mode", mode, env={"INFOCUT_EDGE__CAMERAS__0__TEST_HEAD_DELAY_S": "0.16",
                                                  "INFOCUT_EDGE__CAMERAS__0__MAX_INFLIGHT": "2",
                                                  "INFOCUT_EDGE__CAMERAS__0__OUTBOX_FRAMES": "2"})
     out, counts = finish(edge)
