@@ -1,10 +1,12 @@
 """The edge's throughput: the real agent's full pipeline against bare onnxruntime on the same head and frames.
 
 What is timed, each in its own process pinned to `--cores` CPUs (2 by default: the issue's target is
-30 fps and at most 10% overhead on 2 cores), with onnxruntime's intra-op threads set to `--threads`
-(2 by default) in every mode:
+30 fps and at most 10% overhead on 2 cores):
 
-- bare:   head.onnx alone in onnxruntime, batch 1, on frames decoded and preprocessed beforehand;
+- bare:   head.onnx alone in onnxruntime, batch 1, on frames decoded and preprocessed beforehand, with
+          `--threads` intra-op threads (2 by default) laid out three ways (BARE_LAYOUTS: one session whose
+          threads spin between ops, onnxruntime's default; one whose threads sleep; two sessions side by
+          side on whole frames). The fastest is the baseline: the overhead is against bare at its best;
 - sink:   the edge agent (edge/agent.py: capture + preprocess -> head -> encode -> spool -> gRPC), sending
           over loopback to a sink process that acks each frame at once: the edge alone;
 - cloud:  the same agent sending to a real `infocut cloud` on loopback (decode, tail, SQLite); the cloud
@@ -19,9 +21,11 @@ own (getrusage). `--repeat R` interleaves R runs of each mode and keeps the medi
 times the head alone at other cuts, with a learned bottleneck's encoder and at smaller inputs (each
 exported afresh by splitter/, which needs torch), with its FLOPs: where 30 fps is reached.
 
-On a machine shared with other work the wall figures swing (the load average is printed and kept in
-the JSON); the CPU figures hold up better. onnxruntime's threads sleep between ops in every mode,
-as the agent's default (`spin: false`); `--spin` turns spin-waiting on everywhere.
+The agent runs with its own defaults (on 2 cores: two head workers of one thread each, threads
+sleeping between ops); `--head-workers` and `--spin` change them. The sink's CPU is reported too: on
+one machine it shares the edge's cores, which a real cloud would not. On a machine shared with other
+work the wall figures swing (the load average is printed and kept in the JSON); the CPU figures hold
+up better.
 
     python bench/edge.py                     # bundled clip, demo artifact: about a minute on 2 idle cores
     python bench/edge.py --frames 180 --repeat 3 --threads 2 --cores 2 --artifact artifacts/demo
@@ -52,6 +56,10 @@ import numpy as np
 from infocut.settings import DEMO_ARTIFACT, DEMO_CLIP
 
 WARMUP = 3  # head runs before timing, in every mode (the first onnxruntime runs are slower)
+# bare onnxruntime's layouts of `--threads` threads; the fastest is the baseline (which one wins depends on the CPU)
+BARE_LAYOUTS = {"spin": "one session, threads spin between ops (onnxruntime's default)",
+                "sleep": "one session, threads sleep between ops",
+                "workers": "two sessions side by side on whole frames, half the threads each"}
 # (cut, bottleneck width K; 0: none) of the sweep's MobileNetV2 heads. K: the linear encoder of the learned
 # bottleneck (splitter/bottleneck.py, "linear+bg" at stride 1): the per-location normal mean subtracted, a 1x1
 # conv to K channels, then the quantizer.
@@ -155,7 +163,7 @@ class ThreadCPU:
 
 
 def thread_group(name: str) -> str:
-    for key, group in (("_infer", "head thread (onnxruntime caller)"), ("<lambda>", "capture thread (decode + preprocess)"),
+    for key, group in (("_infer", "head threads (onnxruntime callers)"), ("_capture", "capture thread (decode + preprocess)"),
                        ("_encode", "encode thread (encode + spool)"), ("bench-cpu", "this sampler"),
                        ("(_report)", "reporter"),
                        ("grpc", "gRPC (C threads)"), ("default-exec", "gRPC (C threads)"),
@@ -170,23 +178,35 @@ def thread_group(name: str) -> str:
 
 
 def bare(args) -> dict:
-    """head.onnx in a plain onnxruntime session on preprocessed frames; also each stage's cost run alone."""
+    """head.onnx in plain onnxruntime on preprocessed frames, laid out as `args.layout` (BARE_LAYOUTS); also
+    each stage's cost run alone."""
     from codec.stream import StreamEncoder
     from infocut.artifact import load_artifact
 
     art = load_artifact(args.artifact)
     frames, decode_s, prep_s = load_frames(args.source, art.input_size, min(args.frames, 32))
-    sess = ort_session(art.head_path, args.threads, spin=args.spin)
-    for f in frames[:WARMUP]:
-        sess.run(None, {"image": f[None]})
+    n = 2 if args.layout == "workers" else 1
+    sessions = [ort_session(art.head_path, max(1, args.threads // n), spin=args.layout != "sleep") for _ in range(n)]
+    for sess in sessions:
+        for f in frames[:WARMUP]:
+            sess.run(None, {"image": f[None]})
     order = [frames[i % len(frames)] for i in range(args.frames)]  # a few distinct frames, cycled: modest RSS
-    times, codes = [], []
+    times, codes = [0.0] * len(order), [None] * len(order)
+
+    def run(k: int) -> None:  # session k runs frames k, k + n, ...
+        for i in range(k, len(order), n):
+            t = time.perf_counter()
+            codes[i] = sessions[k].run(art.cut_names, {"image": order[i][None]})
+            times[i] = time.perf_counter() - t
+
     with ThreadCPU() as threads:
         cpu0, t0 = cpu_s(), time.perf_counter()
-        for f in order:
-            t = time.perf_counter()
-            codes.append(sess.run(art.cut_names, {"image": f[None]}))
-            times.append(time.perf_counter() - t)
+        workers = [threading.Thread(target=run, args=(k,), name=f"bare_infer{k}") for k in range(1, n)]
+        for w in workers:
+            w.start()
+        run(0)
+        for w in workers:
+            w.join()
         wall, cpu = time.perf_counter() - t0, cpu_s() - cpu0
     enc, stream = [], StreamEncoder(art.bits, art.coder, art.entropy_models, art.key_interval)  # as the agent codes
     for c in codes[: len(frames)]:
@@ -194,7 +214,7 @@ def bare(args) -> dict:
         data = stream.encode(c, len(enc))
         enc.append((time.perf_counter() - t, len(data)))
     return {
-        "frames": args.frames, "distinct_frames": len(frames), "wall_s": wall, "fps": args.frames / wall,
+        "layout": args.layout, "frames": args.frames, "distinct_frames": len(frames), "wall_s": wall, "fps": args.frames / wall,
         "ms_per_frame": 1e3 * wall / args.frames, "head_ms_p50": 1e3 * float(np.median(times)),
         "cpu_s_per_frame": cpu / args.frames, "peak_rss_mb": peak_rss_mb(),
         "alone_ms_p50": {"capture": 1e3 * float(np.median(decode_s)), "preprocess": 1e3 * float(np.median(prep_s)),
@@ -241,7 +261,8 @@ def agent(args) -> dict:
     try:
         cfg = EdgeConfig(artifact=args.artifact, cloud=args.cloud, spool={"dir": spool},
                          cameras=[{"id": "bench", "source": args.source, "max_frames": args.frames,
-                                   "threads": args.threads, "policy": "lossless", "spin": args.spin,
+                                   "policy": "lossless", "spin": args.spin,
+                                   "head_workers": args.head_workers,
                                    **({} if args.side_nice is None else {"side_nice": args.side_nice})}])
         cam = agent_mod.Camera(cfg.cameras[0], cfg.backoff_s)
         timers = StageTimes()
@@ -268,12 +289,13 @@ def agent(args) -> dict:
             return spool_ack(seq)
 
         dummy = np.zeros((1, *cam.artifact.input_size, 3), np.uint8)
-        for _ in range(WARMUP):
-            cam.head(dummy)
+        for head in cam.heads:
+            for _ in range(WARMUP):
+                head(dummy)
         agent_mod.open_source = timed_source
         agent_mod.to_input = timers.wrap("preprocess", agent_mod.to_input)
         cam.encoder.encode = timers.wrap("encode", cam.encoder.encode)
-        cam.head = timers.wrap("head", cam.head)
+        cam.heads = [timers.wrap("head", h) for h in cam.heads]
         spooled_at = [0.0]
         append = timers.wrap("spool", cam.outbox.put)  # memory, or the disk spool when the link is behind
 
@@ -300,7 +322,7 @@ def agent(args) -> dict:
         "thread_cpu_ms_per_frame": {k: 1e3 * v / max(n, 1)
                                     for k, v in threads.by_group("main (the link: gRPC stream)").items()},
         "frames": n, "captured": stats.captured, "rejected": stats.rejected, "dropped": sum(stats.dropped.values()),
-        "wall_s": wall, "fps": n / wall, "edge_fps": n / (spooled_at[0] - t0), "ms_per_frame": 1e3 * wall / max(n, 1), "cpu_s_per_frame": cpu / max(n, 1),
+        "head_workers": len(cam.heads), "wall_s": wall, "fps": n / wall, "edge_fps": n / (spooled_at[0] - t0), "ms_per_frame": 1e3 * wall / max(n, 1), "cpu_s_per_frame": cpu / max(n, 1),
         "peak_rss_mb": peak_rss_mb(), "bytes_per_frame": stats.encoded_bytes / max(stats.captured, 1),
         "stage_ms_p50": stages,
     }
@@ -350,7 +372,7 @@ def sweep(args) -> dict:
                 path.write_bytes(to_onnx(HeadGraph(pre, head, [Quantize(q)]), (image,), ["image"], ["codes"])
                                  .SerializeToString())
                 mflops = model_cost(model, (h, w), upto=cut).flops / 1e6 + 2 * cut_shape[0] * k * cut_shape[1:].numel() / 1e6
-                sess = ort_session(path, args.threads, spin=args.spin)
+                sess = ort_session(path, args.threads)
                 for f in frames[:2]:
                     sess.run(None, {"image": f[None]})
                 times, cpu0 = [], cpu_s()
@@ -414,7 +436,8 @@ def run_worker(args, mode: str, **extra) -> dict:
         cmd = [sys.executable, __file__, "--worker", mode, "--out", f.name, "--frames", str(args.frames),
                "--threads", str(args.threads), "--cores", str(args.cores), "--artifact", str(args.artifact),
                "--source", args.source] + (["--spin"] if args.spin else []) \
-            + ([] if args.side_nice is None else ["--side-nice", str(args.side_nice)])
+            + ([] if args.side_nice is None else ["--side-nice", str(args.side_nice)]) \
+            + ["--head-workers", str(args.head_workers)]
         for k, v in extra.items():
             cmd += [f"--{k}", str(v)]
         subprocess.run(cmd, check=True, cwd=REPO)
@@ -437,6 +460,13 @@ def wait_grpc(address: str, proc: subprocess.Popen, timeout: float = 60) -> None
                     raise RuntimeError(f"no server on {address} after {timeout:.0f} s") from None
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds a running process has used (all its threads), from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    utime, stime = stat.rsplit(")", 1)[1].split()[11:13]
+    return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def server(cmd: list[str], address: str):
     log = tempfile.TemporaryFile()
@@ -448,7 +478,7 @@ def server(cmd: list[str], address: str):
             log.seek(0)
             sys.stderr.write(log.read().decode(errors="replace")[-4000:])
             raise
-        yield
+        yield lambda: process_cpu_s(proc.pid)
     finally:
         proc.terminate()
         try:
@@ -459,36 +489,46 @@ def server(cmd: list[str], address: str):
 
 
 def run_mode(args, mode: str) -> dict:
-    """One timed run: bare onnxruntime, or the agent against a fresh sink or cloud."""
-    if mode == "bare":
-        return run_worker(args, "bare")
+    """One timed run: bare onnxruntime in one of its layouts ("bare:spin", ...), or the agent against a fresh
+    sink or cloud."""
+    if mode.startswith("bare:"):
+        return run_worker(args, "bare", layout=mode[5:])
     port = free_port()
     if mode == "sink":
-        with server([sys.executable, __file__, "--serve-sink", str(port), "--artifact", str(args.artifact)],
-                    f"127.0.0.1:{port}"):
-            return run_worker(args, "agent", cloud=f"127.0.0.1:{port}")
-    with tempfile.TemporaryDirectory() as tmp, server(
-            [sys.executable, "-m", "infocut", "cloud", "--artifact", str(args.artifact), "--grpc-port", str(port),
-             "--http-port", str(free_port()), "--host", "127.0.0.1", "--db", f"sqlite:///{tmp}/cloud.db"],
-            f"127.0.0.1:{port}"):
-        return run_worker(args, "agent", cloud=f"127.0.0.1:{port}")
+        cmd = [sys.executable, __file__, "--serve-sink", str(port), "--artifact", str(args.artifact)]
+    else:
+        tmp = tempfile.mkdtemp(prefix="edge-bench-cloud-")
+        cmd = [sys.executable, "-m", "infocut", "cloud", "--artifact", str(args.artifact), "--grpc-port", str(port),
+               "--http-port", str(free_port()), "--host", "127.0.0.1", "--db", f"sqlite:///{tmp}/cloud.db"]
+    try:
+        with server(cmd, f"127.0.0.1:{port}") as server_cpu_s:
+            cpu0 = server_cpu_s()
+            out = run_worker(args, "agent", cloud=f"127.0.0.1:{port}")
+            # the receiver's CPU while the agent ran: on one machine it shares the edge's cores
+            out["receiver_cpu_s_per_frame"] = (server_cpu_s() - cpu0) / max(out["frames"], 1)
+            return out
+    finally:
+        if mode != "sink":
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def print_report(result: dict, console) -> None:
     from rich.table import Table
 
     bare_ = result["bare"]
-    t = Table(title=f"edge throughput: {result['artifact_desc']}, {result['frames']} frames, "
-                    f"{result['threads']} onnxruntime threads, pinned to {len(bare_['cpus'])} CPUs")
+    t = Table(title=f"edge throughput: {result['artifact_desc']}, {result['frames']} frames, pinned to "
+                    f"{len(bare_['cpus'])} CPUs; bare: {result['threads']} onnxruntime threads in all")
     for col in ("mode", "fps", "spooled fps", "ms/frame", "overhead", "paired", "CPU ms/f", "CPU overhead", "RSS MB",
                 "B/frame"):
         t.add_column(col, justify="left" if col == "mode" else "right")
-    t.add_row("bare ORT", f"{bare_['fps']:.1f}", "", f"{bare_['ms_per_frame']:.1f}", "", "",
-              f"{1e3 * bare_['cpu_s_per_frame']:.1f}", "", f"{bare_['peak_rss_mb']:.0f}", "")
+    for layout, r in result["bare_layouts"].items():
+        t.add_row(f"bare ORT: {layout}" + (" (baseline)" if layout == bare_["layout"] else ""),
+                  f"{r['fps']:.1f}", "", f"{r['ms_per_frame']:.1f}", "", "", f"{1e3 * r['cpu_s_per_frame']:.1f}", "",
+                  f"{r['peak_rss_mb']:.0f}", "")
     modes = [m for m in ("sink", "cloud") if result.get(m)]
     for mode in modes:
         r = result[mode]
-        t.add_row(f"agent>{mode}", f"{r['fps']:.1f}", f"{r['edge_fps']:.1f}", f"{r['ms_per_frame']:.1f}",
+        t.add_row(f"agent>{mode} ({r['head_workers']} heads)", f"{r['fps']:.1f}", f"{r['edge_fps']:.1f}", f"{r['ms_per_frame']:.1f}",
                   f"{r['overhead_pct']:+.1f}%", f"{r['overhead_pct_paired']:+.1f}%", f"{1e3 * r['cpu_s_per_frame']:.1f}",
                   f"{r['cpu_overhead_pct']:+.1f}%", f"{r['peak_rss_mb']:.0f}", f"{r['bytes_per_frame']:,.0f}")
     console.print(t)
@@ -515,6 +555,10 @@ def print_report(result: dict, console) -> None:
     console.print(s)
     console.print("fps: frames acked by the cloud per second of the agent's run; spooled fps: frames through the "
                   "edge's pipeline (up to the spool) per second. A real cloud on the same CPUs slows both.")
+    console.print("bare layouts: " + "; ".join(f"{k}: {v}" for k, v in BARE_LAYOUTS.items()))
+    console.print("overhead: against the fastest bare layout (the baseline); paired: each agent run against that "
+                  "layout's run just before it. The sink's own CPU (it shares these cores) per frame: "
+                  + ", ".join(f"{m} {1e3 * result[m]['receiver_cpu_s_per_frame']:.1f} ms" for m in modes))
     console.print("head CPU: bare's; other: the agent's CPU less bare's head and the stages above (gRPC, the link, "
                   "queues, onnxruntime spinning); send: from the link taking a frame off the spool to its result")
     th = Table(title="CPU ms per frame by thread (from /proc): where the agent's CPU goes")
@@ -524,7 +568,7 @@ def print_report(result: dict, console) -> None:
         th.add_column(m, justify="right")
     groups = sorted({g for m in ["bare", *modes] for g in result[m].get("thread_cpu_ms_per_frame", {})})
     for g in groups:
-        th.add_row(g, *[f"{result[m]['thread_cpu_ms_per_frame'].get(g, 0.0):.1f}" for m in ["bare", *modes]])
+        th.add_row(g, *[f"{result[m].get('thread_cpu_ms_per_frame', {}).get(g, 0.0):.1f}" for m in ["bare", *modes]])
     console.print(th)
     rows = result.get("sweep", {}).get("rows")
     if rows:
@@ -537,9 +581,11 @@ def print_report(result: dict, console) -> None:
                       f"{r['ms_per_frame']:.1f}", f"{r['fps']:.1f}", "yes" if r["fps"] >= 30 else "no",
                       f"{r['cpu_ms_per_frame']:.1f}")
         console.print(w)
-    for mode in ("bare", "sink", "cloud"):
-        if len(result.get(mode, {}).get("fps_runs", [])) > 1:
-            console.print(f"{mode} fps per run: {', '.join(f'{x:.1f}' for x in result[mode]['fps_runs'])}")
+    runs = {f"bare, {BARE_LAYOUTS[k]}": r for k, r in result["bare_layouts"].items()}
+    runs.update({m: result[m] for m in modes})
+    for mode, r in runs.items():
+        if len(r.get("fps_runs", [])) > 1:
+            console.print(f"{mode}: fps per run {', '.join(f'{x:.1f}' for x in r['fps_runs'])}")
     load = ", ".join(f"{x:.1f}" for x in result["loadavg_start"]) + " -> " + ", ".join(
         f"{x:.1f}" for x in result["loadavg_end"])
     console.print(f"load average (1, 5, 15 min) {load} on {os.cpu_count()} CPUs; this bench alone keeps about "
@@ -549,7 +595,9 @@ def print_report(result: dict, console) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=180, help="frames per run (the bundled clip has 180)")
-    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads, in every mode")
+    parser.add_argument("--threads", type=int, default=2, help="bare onnxruntime's intra-op threads in all (the "
+                        "agent takes its own default: threads shared among its head workers)")
+    parser.add_argument("--head-workers", type=int, default=0, help="the agent's head_workers (0: its default)")
     parser.add_argument("--cores", type=int, default=2, help="pin the edge's processes to this many CPUs")
     parser.add_argument("--artifact", type=Path, default=DEMO_ARTIFACT)
     parser.add_argument("--source", default=str(DEMO_CLIP), help="video file or folder of frames (e.g. a Ped2 video)")
@@ -557,11 +605,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per mode, interleaved; the median is reported")
     parser.add_argument("--side-nice", type=int, help="the agent's side_nice (niceness of its capture and encode "
                         "threads; default: the agent's default)")
-    parser.add_argument("--spin", action="store_true", help="onnxruntime intra-op threads spin-wait between ops, "
-                        "in every mode (the edge's `spin: true`; by default they sleep, as the edge's default)")
+    parser.add_argument("--spin", action="store_true", help="the agent's onnxruntime threads spin-wait between ops "
+                        "(the edge's `spin: true`; bare runs each layout as BARE_LAYOUTS says)")
     parser.add_argument("--no-cloud", action="store_true", help="skip the run against a real cloud")
     parser.add_argument("--no-sweep", action="store_true", help="skip the head sweep over cuts and input sizes")
     parser.add_argument("--worker", choices=("bare", "agent", "sweep"), help=argparse.SUPPRESS)
+    parser.add_argument("--layout", choices=tuple(BARE_LAYOUTS), default="spin", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--cloud", help=argparse.SUPPRESS)
     parser.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
@@ -583,14 +632,16 @@ def main() -> None:
     desc = f"{m['model']['name']} cut at {m['cut']['name']}, {art.input_size[0]}x{art.input_size[1]}, " \
            f"{art.bits} bits, {art.coder}"
     result = {"artifact": str(args.artifact), "artifact_id": art.id, "artifact_desc": desc, "source": args.source,
-              "frames": args.frames, "threads": args.threads, "cores": args.cores, "repeat": args.repeat, "ort_spinning": args.spin,
+              "frames": args.frames, "threads": args.threads, "cores": args.cores, "repeat": args.repeat, "agent_spinning": args.spin,
+              "bare_layouts_defined": BARE_LAYOUTS,
               "side_nice": CameraConfig.model_fields["side_nice"].default if args.side_nice is None else args.side_nice,
               "git": git_revision(),
               "machine": machine_info(args.threads), "command": " ".join(sys.argv), "loadavg_start": os.getloadavg(),
               "overhead_definition": "bare fps / pipeline fps - 1 (the pipeline's extra time per frame), of the "
-                                     "median runs; paired: the median over runs of the same ratio against the bare run "
-                                     "just before; cpu overhead: pipeline CPU s per frame / bare CPU s per frame - 1"}
-    modes = ["bare", "sink"] + ([] if args.no_cloud else ["cloud"])
+                                     "median runs, bare being the layout with the highest median fps; paired: the "
+                                     "median over runs of the same ratio against that layout's run just before; cpu "
+                                     "overhead: pipeline CPU s per frame / that layout's CPU s per frame - 1"}
+    modes = [f"bare:{k}" for k in BARE_LAYOUTS] + ["sink"] + ([] if args.no_cloud else ["cloud"])
     runs: dict[str, list[dict]] = defaultdict(list)
     with progress(console) as bar:
         task = bar.add_task("edge bench", total=args.repeat * len(modes) + (not args.no_sweep))
@@ -606,10 +657,14 @@ def main() -> None:
             bar.advance(task)
     for mode, rs in runs.items():  # the run with the median fps stands for the mode; every run's fps is kept
         result[mode] = dict(sorted(rs, key=lambda x: x["fps"])[len(rs) // 2], fps_runs=[x["fps"] for x in rs])
-        if mode != "bare":
+    result["bare_layouts"] = {k: result.pop(f"bare:{k}") for k in BARE_LAYOUTS}
+    best = max(BARE_LAYOUTS, key=lambda k: result["bare_layouts"][k]["fps"])  # the baseline: bare at its fastest
+    result["bare"] = result["bare_layouts"][best]
+    for mode, rs in runs.items():
+        if not mode.startswith("bare"):
             result[mode]["overhead_pct"] = 100 * (result["bare"]["fps"] / result[mode]["fps"] - 1)
             # each run against the bare run just before it: a drift of the machine's speed hits both alike
-            paired = [100 * (b["fps"] / x["fps"] - 1) for b, x in zip(runs["bare"], rs, strict=True)]
+            paired = [100 * (b["fps"] / x["fps"] - 1) for b, x in zip(runs[f"bare:{best}"], rs, strict=True)]
             result[mode]["overhead_pct_paired"] = float(np.median(paired))
             result[mode]["overhead_pct_runs"] = paired
             result[mode]["cpu_overhead_pct"] = 100 * (result[mode]["cpu_s_per_frame"] / result["bare"]["cpu_s_per_frame"]
