@@ -141,7 +141,12 @@ class Camera:
             t0 = time.perf_counter()
             if self.cfg.test_head_delay_s:
                 time.sleep(self.cfg.test_head_delay_s)
-            codes = head(image[None])
+            try:
+                codes = head(image[None])
+            except Exception:
+                self.in_order.close()  # the other workers stop too: this frame's successors cannot pass it
+                self.stats.drop("head_error")
+                raise
             timer.observe(time.perf_counter() - t0)
             self.stats.add("processed")
             if not self.in_order.done(ticket, (seq, t, index, codes)):

@@ -75,11 +75,16 @@ class InOrder:
         self._take, self._out = threading.Lock(), threading.Lock()
         self._next_ticket = self._next_out = 0
         self.pending: dict[int, Any] = {}
+        self.closed = False
+
+    def close(self) -> None:
+        """Take no more items (a worker failed: the results after its ticket could never leave in order)."""
+        self.closed = True
 
     def take(self) -> tuple[Any, int]:
         """(the next item, its ticket), or (END, -1)."""
         with self._take:
-            item = self.source.get()
+            item = END if self.closed else self.source.get()
             if item is END:
                 return END, -1
             self._next_ticket += 1

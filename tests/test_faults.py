@@ -375,3 +375,48 @@ def test_two_cameras_from_yaml_in_one_process(small_artifact, cloud, frames, off
     assert_scored_exactly_once(cloud["db"], "yaml-a", offline)
     assert [s for s, _ in rows(cloud["db"], "yaml-b")] == list(range(20)), "the environment override applies"
     assert (tmp_path / "spool" / "yaml-a").is_dir() and (tmp_path / "spool" / "yaml-b").is_dir()
+
+
+# -- a head worker fails ----------------------------------------------------------------------------
+def test_a_failing_head_worker_ends_the_camera_with_its_error_and_every_frame_counted(small_artifact, cloud, frames,
+                                                                                      tmp_path):
+    """With two head workers, one failing must stop the other (the frames after the lost one could never
+    leave in order): the camera ends with the error instead of hanging, and the counters add up."""
+    import itertools
+
+    from edge.agent import Camera, EdgeError
+    from edge.config import load
+
+    cfg = load({"artifact": str(small_artifact), "cloud": cloud["addr"], "spool": {"dir": str(tmp_path / "spool")},
+                "cameras": [{"id": "head-fails", "source": str(frames), "head_workers": 2, "threads": 1}]},
+               "test", environ={})
+    cam = Camera(cfg.cameras[0], cfg.backoff_s)
+    calls = itertools.count()
+    good = cam.heads[0]
+
+    def failing(images):
+        if next(calls) == 10:
+            raise RuntimeError("injected head failure")
+        return good(images)
+
+    cam.heads = [failing, cam.heads[1]]
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            cam.run()
+        except EdgeError as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(120)
+    assert not t.is_alive(), "the camera stopped"
+    assert len(outcome) == 1 and "injected head failure" in str(outcome[0])
+    s = cam.stats
+    dropped = s.dropped
+    assert dropped["head_error"] == 1
+    assert s.processed <= N - 10, f"the other worker stopped taking frames ({s.processed} of {N} through the head)"
+    assert s.captured == s.acked + s.rejected + sum(dropped.values()) + s.pending, (s.fields())
+    got = [seq for seq, _ in rows(cloud["db"], "head-fails")]
+    assert got == list(range(len(got))) and len(got) < N, "frames before the failure arrived in order, once"
