@@ -557,7 +557,8 @@ def print_report(result: dict, console) -> None:
                   "edge's pipeline (up to the spool) per second. A real cloud on the same CPUs slows both.")
     console.print("bare layouts: " + "; ".join(f"{k}: {v}" for k, v in BARE_LAYOUTS.items()))
     console.print("overhead: against the fastest bare layout (the baseline); paired: each agent run against that "
-                  "layout's run just before it. The sink's own CPU (it shares these cores) per frame: "
+                  "layout's run just before it. The receiver's own CPU per frame (on one machine it shares "
+                  "these cores; a real cloud would not): "
                   + ", ".join(f"{m} {1e3 * result[m]['receiver_cpu_s_per_frame']:.1f} ms" for m in modes))
     console.print("head CPU: bare's; other: the agent's CPU less bare's head and the stages above (gRPC, the link, "
                   "queues, onnxruntime spinning); send: from the link taking a frame off the spool to its result")
