@@ -100,9 +100,9 @@ class CameraConfig(_Link):
                               "its own buffers")
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads of each head session (0: the cores this "
                          "process may use, shared among the head workers)")
-    spin: bool = Field(False, description="onnxruntime's intra-op threads spin-wait between ops: fastest when the "
-                       "head has the CPU to itself; off (default) leaves the cores to the pipeline's other stages "
-                       "(bench/edge.py: 16.1 fps against 14.8 with spinning on 2 cores)")
+    spin: bool = Field(False, description="onnxruntime's intra-op threads spin-wait between ops (sessions of 2+ "
+                       "threads): fastest when the head has the CPU to itself; off (default) leaves the cores to "
+                       "the pipeline's other stages")
     side_nice: int = Field(0, ge=0, le=19, description="niceness added to the capture and encode threads (and the "
                            "decoder threads they start; Linux), to favour the head where other work competes for "
                            "the CPU (bench/edge.py --side-nice: no measurable gain on 2 idle cores)")
