@@ -30,10 +30,16 @@ def test_edge_bench_runs_the_agent_and_accounts_for_every_frame(tmp_path):
     # The same clip frames through the same head: the agent's frames cost what bare's encoded codes cost.
     assert sink["bytes_per_frame"] == pytest.approx(bare["bytes_per_frame"], rel=0.01)
     assert sink["overhead_pct"] == pytest.approx(100 * (bare["fps"] / sink["fps"] - 1))
+    # The baseline is bare at its fastest: every layout ran, and none beat the one chosen.
+    layouts = r["bare_layouts"]
+    assert set(layouts) == {"spin", "sleep", "workers"} and bare["layout"] in layouts
+    assert bare["fps"] == max(x["fps"] for x in layouts.values())
+    assert sink["head_workers"] == min(2, len(sink["cpus"]))  # the agent's default on a CPU head
+    assert sink["receiver_cpu_s_per_frame"] >= 0  # clock ticks of 10 ms: a few frames may not show one
     assert sink["overhead_pct_paired"] == pytest.approx(sink["overhead_pct"])  # one run: its own pair
     assert set(sink["stage_ms_p50"]) == {"capture", "preprocess", "head", "encode", "spool", "send"}
     assert all(v > 0 for v in sink["stage_ms_p50"].values())
     threads = sink["thread_cpu_ms_per_frame"]  # clock ticks (10 ms): only the head's share is sure to show
-    head = threads.get("head thread (onnxruntime caller)", 0) + threads.get(
-        "onnxruntime intra-op pool (and OpenCV's)", 0)  # the caller or its pool: which runs more varies
+    head = threads.get("head threads (onnxruntime callers)", 0) + threads.get(
+        "onnxruntime intra-op pool (and OpenCV's)", 0)  # the callers or a pool: which runs more varies
     assert head > threads.get("encode thread (encode + spool)", 0)
