@@ -528,7 +528,7 @@ def print_report(result: dict, console) -> None:
     modes = [m for m in ("sink", "cloud") if result.get(m)]
     for mode in modes:
         r = result[mode]
-        t.add_row(f"agent>{mode} ({r['head_workers']} heads)", f"{r['fps']:.1f}", f"{r['edge_fps']:.1f}", f"{r['ms_per_frame']:.1f}",
+        t.add_row(f"agent>{mode} ({r['head_workers']} head{'s' * (r['head_workers'] > 1)})", f"{r['fps']:.1f}", f"{r['edge_fps']:.1f}", f"{r['ms_per_frame']:.1f}",
                   f"{r['overhead_pct']:+.1f}%", f"{r['overhead_pct_paired']:+.1f}%", f"{1e3 * r['cpu_s_per_frame']:.1f}",
                   f"{r['cpu_overhead_pct']:+.1f}%", f"{r['peak_rss_mb']:.0f}", f"{r['bytes_per_frame']:,.0f}")
     console.print(t)
