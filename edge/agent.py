@@ -39,7 +39,7 @@ from edge.source import Source, SourceError, open_source
 from edge.spool import Spool, SpoolError
 from edge.stages import END, InOrder, StageQueue, lower_priority
 from infocut import tls
-from infocut.artifact import load_artifact
+from infocut.artifact import Artifact, load_artifact
 
 log = logging.getLogger("infocut.edge")
 
@@ -77,7 +77,7 @@ class Camera:
         realtime = cfg.policy == "realtime"
         self.to_head = StageQueue(cfg.queue_size, realtime, lambda _: self.stats.drop("behind_head"), self.stop)
         self.to_encode = StageQueue(cfg.queue_size, realtime, lambda _: self.stats.drop("behind_encode"), self.stop)
-        self.in_order = InOrder(self.to_head, self.to_encode.put)
+        self.in_order = InOrder(self.to_head, self.to_encode.put, window=2 * len(self.heads))
         self._heads_running = len(self.heads)
         self._heads_lock = threading.Lock()
         self.encoded_all = threading.Event()
@@ -272,7 +272,7 @@ class Camera:
             log.info(self.stats.line("progress"))
 
 
-def head_workers(artifact, cfg: CameraConfig) -> list[Head]:
+def head_workers(artifact: Artifact, cfg: CameraConfig) -> list[Head]:
     """The camera's head sessions: `head_workers` of them (0: 2 on a CPU-only head with 2+ cores, else 1), each
     with `threads` intra-op threads (0: the cores this process may use, shared among them)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -68,11 +68,12 @@ class StageQueue:
 class InOrder:
     """Several workers of one stage: each takes the next item with a ticket, and results leave through
     `put` in ticket order, so the next stage sees frames in the order they came (a delta frame needs
-    the one before it). At most one result per worker waits here for an earlier one."""
+    the one before it). A worker takes a new item only while fewer than `window` taken ones wait to
+    leave: one slow item holds back a bounded number of results."""
 
-    def __init__(self, source: StageQueue, put: Callable[[Any], bool]) -> None:
-        self.source, self.put = source, put
-        self._take, self._out = threading.Lock(), threading.Lock()
+    def __init__(self, source: StageQueue, put: Callable[[Any], bool], window: int) -> None:
+        self.source, self.put, self.window = source, put, window
+        self._take, self._out = threading.Lock(), threading.Condition()
         self._next_ticket = self._next_out = 0
         self.pending: dict[int, Any] = {}
         self.closed = False
@@ -82,8 +83,13 @@ class InOrder:
         self.closed = True
 
     def take(self) -> tuple[Any, int]:
-        """(the next item, its ticket), or (END, -1)."""
+        """(the next item, its ticket), or (END, -1) once the source ends, the pipeline stops or this closes."""
         with self._take:
+            with self._out:
+                while self._next_ticket - self._next_out >= self.window:
+                    if self.closed or self.source.stop.is_set():
+                        return END, -1
+                    self._out.wait(0.2)
             item = END if self.closed else self.source.get()
             if item is END:
                 return END, -1
@@ -95,12 +101,15 @@ class InOrder:
         the results still held stay in `pending`)."""
         with self._out:
             self.pending[ticket] = result
-            while self._next_out in self.pending:
-                if not self.put(self.pending.pop(self._next_out)):
+            try:
+                while self._next_out in self.pending:
+                    if not self.put(self.pending.pop(self._next_out)):
+                        self._next_out += 1
+                        return False
                     self._next_out += 1
-                    return False
-                self._next_out += 1
-            return True
+                return True
+            finally:
+                self._out.notify_all()
 
 
 def lower_priority(nice: int) -> None:

@@ -391,7 +391,8 @@ def edge(
             if not artifact or not source:
                 raise ConfigError("give --artifact and --source (or --config FILE)")
             camera = {"id": camera_id, "source": source, "max_frames": max_frames, "pace": pace, "fps": fps,
-                      "threads": threads, "head_workers": head_workers, "stall_timeout_s": stall_timeout, **({"policy": policy} if policy else {})}
+                      "threads": threads, "head_workers": head_workers, "stall_timeout_s": stall_timeout,
+                      **({"policy": policy} if policy else {})}
             spool_cfg = {"dir": str(spool), "cap_bytes": spool_cap, "ttl_s": spool_ttl, "when_full": spool_when_full,
                          "mode": spool_mode}
             link = {"providers": providers}

@@ -178,7 +178,7 @@ def test_head_workers_hand_results_on_in_the_order_frames_were_taken():
     stop = threading.Event()
     source = StageQueue(4, drop_oldest=False, on_drop=None, stop=stop)
     out: list[int] = []
-    order = InOrder(source, lambda x: out.append(x) or True)
+    order = InOrder(source, lambda x: out.append(x) or True, window=6)
     rng = random.Random(7)
     delays = [rng.uniform(0, 0.01) for _ in range(60)]
 
@@ -206,13 +206,37 @@ def test_in_order_keeps_what_a_stopped_stage_refused():
     source = StageQueue(4, drop_oldest=False, on_drop=None, stop=stop)
     for i in range(3):
         source.put(i)
-    order = InOrder(source, lambda x: x != 1)  # the next stage refuses item 1 (the pipeline stopped)
+    order = InOrder(source, lambda x: x != 1, window=8)  # the next stage refuses item 1 (the pipeline stopped)
     taken = [order.take() for _ in range(3)]
     assert [t for _, t in taken] == [0, 1, 2]
     assert order.done(2, 2) and order.pending == {2: 2}, "held until ticket 0 and 1 are done"
     assert order.done(0, 0)
     assert not order.done(1, 1), "the refusal is reported"
     assert order.pending == {2: 2}, "what is still held stays counted as held"
+
+
+def test_in_order_takes_no_more_while_a_window_of_results_waits_for_a_slow_one():
+    from edge.stages import InOrder
+
+    stop = threading.Event()
+    source = StageQueue(8, drop_oldest=False, on_drop=None, stop=stop)
+    for i in range(4):
+        source.put(i)
+    out: list[int] = []
+    order = InOrder(source, lambda x: out.append(x) or True, window=2)
+    (_, slow), (_, fast) = order.take(), order.take()
+    assert order.done(fast, "b") and out == []
+    got = []
+    taker = threading.Thread(target=lambda: got.append(order.take()))
+    taker.start()
+    taker.join(0.5)
+    assert taker.is_alive() and not got, "two results wait for ticket 0: no third is taken"
+    assert order.done(slow, "a") and out == ["a", "b"]
+    taker.join(5)
+    assert got == [(2, 2)]
+    assert order.take() == (3, 3), "room for one more"
+    stop.set()
+    assert order.take() == (END, -1), "a full window on a stopped pipeline ends the worker instead of waiting"
 
 
 @pytest.mark.parametrize("cores, providers, workers, threads, expected", [
