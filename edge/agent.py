@@ -52,7 +52,8 @@ __all__ = ["Camera", "EdgeError", "run"]
 class Camera:
     """One camera's pipeline; `run()` returns its counters once a file source is done (or on stop)."""
 
-    def __init__(self, cfg: CameraConfig, backoff: tuple[float, float]) -> None:
+    def __init__(self, cfg: CameraConfig, backoff: tuple[float, float], cameras: int = 1) -> None:
+        """`cameras`: how many cameras this process runs, which share its cores."""
         self.cfg = cfg
         try:
             self.artifact = load_artifact(cfg.artifact)
@@ -62,7 +63,7 @@ class Camera:
             self.outbox = Outbox(self.spool, cfg.outbox_frames, sp.mode)
             credentials = None if cfg.tls is None else tls.channel_credentials(cfg.tls.ca, cfg.tls.cert, cfg.tls.key)
             token = cfg.bearer_token()
-            self.heads = head_workers(self.artifact, cfg)
+            self.heads = head_workers(self.artifact, cfg, cameras)
         except (OSError, ValueError, SpoolError) as e:  # ConfigError, TLSError, ProviderError are ValueErrors
             if hasattr(self, "spool"):
                 self.spool.close()
@@ -272,13 +273,14 @@ class Camera:
             log.info(self.stats.line("progress"))
 
 
-def head_workers(artifact: Artifact, cfg: CameraConfig) -> list[Head]:
-    """The camera's head sessions: `head_workers` of them (0: 2 on a CPU-only head with 2+ cores, else 1), each
-    with `threads` intra-op threads (0: the cores this process may use, shared among them)."""
+def head_workers(artifact: Artifact, cfg: CameraConfig, cameras: int = 1) -> list[Head]:
+    """The camera's head sessions: `head_workers` of them (0: 2 on a CPU-only head with 2+ cores to itself, else
+    1), each with `threads` intra-op threads (0: its share of the cores this process may use, split among the
+    `cameras` it runs and their head workers, at least 1)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     cpu_only = eps.resolve(cfg.providers) == [eps.NAMES["cpu"]]
-    n = cfg.head_workers or (2 if cpu_only and cores >= 2 else 1)
-    threads = cfg.threads or max(1, cores // n)  # onnxruntime's own default counts cores it may not run on
+    n = cfg.head_workers or (2 if cpu_only and cores >= 2 * cameras else 1)
+    threads = cfg.threads or max(1, cores // (n * cameras))  # onnxruntime's default counts cores it may not use
     return [Head(artifact, threads, cfg.providers, cfg.spin) for _ in range(n)]
 
 
@@ -287,7 +289,7 @@ def run(cfg: EdgeConfig) -> list[CameraStats]:
     cameras: list[Camera] = []
     try:
         for c in cfg.cameras:
-            cameras.append(Camera(c, cfg.backoff_s))
+            cameras.append(Camera(c, cfg.backoff_s, len(cfg.cameras)))
     except EdgeError:
         for cam in cameras:
             cam.outbox.close()

@@ -94,12 +94,12 @@ class CameraConfig(_Link):
     queue_size: int = Field(8, ge=1, description="frames between two stages")
     max_inflight: int = Field(32, ge=1, description="frames sent and not yet acked")
     head_workers: int = Field(0, ge=0, le=16, description="head sessions running frames side by side, their results "
-                              "put back in order (0: 2 on a CPU-only head with 2+ cores, else 1). Whole frames in "
-                              "parallel need no sync between threads inside each op, which on 2 cores beats one "
-                              "session on both (bench/edge.py); each frame takes longer, and each session holds "
-                              "its own buffers")
+                              "put back in order (0: 2 on a CPU-only head with 2+ cores per camera of the process, "
+                              "else 1). Whole frames in parallel need no sync between threads inside each op, which "
+                              "on 2 cores beats one session on both (bench/edge.py); each frame takes longer, and "
+                              "each session holds its own buffers")
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads of each head session (0: the cores this "
-                         "process may use, shared among the head workers)")
+                         "process may use, shared among its cameras and their head workers)")
     spin: bool = Field(False, description="onnxruntime's intra-op threads spin-wait between ops (sessions of 2+ "
                        "threads): fastest when the head has the CPU to itself; off (default) leaves the cores to "
                        "the pipeline's other stages")

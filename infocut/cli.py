@@ -357,9 +357,9 @@ def edge(
     pace: Annotated[bool, typer.Option(help="pace a file source at its own frame rate, as a camera would")] = False,
     fps: Annotated[float, typer.Option(help="pace a file source at this rate (0: as fast as it goes)")] = 0.0,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads of each head session (0: the cores, "
-                                              "shared among the head workers)")] = 0,
+                                              "shared among the cameras and head workers)")] = 0,
     head_workers: Annotated[int, typer.Option(help="head sessions running frames side by side (0: 2 on a CPU-only "
-                                                   "head with 2+ cores, else 1)")] = 0,
+                                                   "head with 2+ cores per camera, else 1)")] = 0,
     providers: Annotated[str, typer.Option(help="onnxruntime providers of the head: auto (TensorRT > CUDA > CPU, "
                                                 "what this onnxruntime has) or a comma list of tensorrt, cuda, "
                                                 "cpu")] = "auto",

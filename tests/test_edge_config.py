@@ -239,21 +239,37 @@ def test_in_order_takes_no_more_while_a_window_of_results_waits_for_a_slow_one()
     assert order.take() == (END, -1), "a full window on a stopped pipeline ends the worker instead of waiting"
 
 
-@pytest.mark.parametrize("cores, providers, workers, threads, expected", [
-    ([0, 1], "cpu", 0, 0, (2, 1)),  # a CPU head on 2 cores: two sessions of one thread
-    ([0, 1, 2, 3], "cpu", 0, 0, (2, 2)),
-    ([0], "cpu", 0, 0, (1, 1)),
-    ([0, 1], "cpu", 1, 0, (1, 2)),  # one session takes the cores it may run on, not onnxruntime's own count
-    ([0, 1, 2, 3], "cpu", 3, 1, (3, 1)),
+@pytest.mark.parametrize("cores, cameras, workers, threads, expected", [
+    ([0, 1], 1, 0, 0, (2, 1)),  # a CPU head on 2 cores: two sessions of one thread
+    ([0, 1, 2, 3], 1, 0, 0, (2, 2)),
+    ([0], 1, 0, 0, (1, 1)),
+    ([0, 1], 1, 1, 0, (1, 2)),  # one session takes the cores it may run on, not onnxruntime's own count
+    ([0, 1, 2, 3], 1, 3, 1, (3, 1)),
+    ([0, 1], 2, 0, 0, (1, 1)),  # two cameras on 2 cores: one session of one thread each
+    ([0, 1, 2, 3], 2, 0, 0, (2, 1)),
+    ([0, 1, 2, 3, 4, 5, 6, 7], 3, 0, 0, (2, 1)),
 ])
-def test_head_workers_share_the_cores_the_process_may_use(monkeypatch, cores, providers, workers, threads, expected):
+def test_head_workers_share_the_cores_the_process_may_use(monkeypatch, cores, cameras, workers, threads, expected):
     from edge import agent
 
     made = []
     monkeypatch.setattr(agent, "Head", lambda art, t, prov, spin: made.append(t) or object())
     monkeypatch.setattr(agent.os, "sched_getaffinity", lambda _: set(cores), raising=False)
-    cfg = load({"artifact": "artifacts/demo", "cameras": [{"id": "a", "source": "clip.mp4", "providers": providers,
+    cfg = load({"artifact": "artifacts/demo", "cameras": [{"id": "a", "source": "clip.mp4", "providers": "cpu",
                                                           "head_workers": workers, "threads": threads}]},
                "test", environ={}).cameras[0]
-    agent.head_workers(None, cfg)
+    agent.head_workers(None, cfg, cameras)
     assert (len(made), made[0]) == expected
+
+
+def test_a_gpu_head_keeps_one_session(monkeypatch):
+    from edge import agent
+
+    made = []
+    monkeypatch.setattr(agent, "Head", lambda art, t, prov, spin: made.append(t) or object())
+    monkeypatch.setattr(agent.os, "sched_getaffinity", lambda _: {0, 1, 2, 3, 4, 5}, raising=False)
+    monkeypatch.setattr(agent.eps, "resolve", lambda spec: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    cfg = load({"artifact": "artifacts/demo", "cameras": [{"id": "a", "source": "clip.mp4"}]}, "test",
+               environ={}).cameras[0]
+    agent.head_workers(None, cfg)
+    assert made == [6], "one session; its CPU threads (nodes the GPU lacks) take the cores"
