@@ -27,7 +27,7 @@ one machine it shares the edge's cores, which a real cloud would not. On a machi
 work the wall figures swing (the load average is printed and kept in the JSON); the CPU figures hold
 up better.
 
-    python bench/edge.py                     # bundled clip, demo artifact: about a minute on 2 idle cores
+    python bench/edge.py                     # bundled clip, demo artifact: about two minutes on 2 idle cores
     python bench/edge.py --frames 180 --repeat 3 --threads 2 --cores 2 --artifact artifacts/demo
     python bench/edge.py --source ../shared/data/ucsd_ped2/testing/frames/01 --json /tmp/edge-ped2.json
 """
