@@ -6,6 +6,7 @@ or the cloud's web stack.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import signal
@@ -406,6 +407,8 @@ def edge(
         if config is not None and metrics_port:
             cfg.metrics_port = metrics_port
         signal.signal(signal.SIGTERM, _interrupt)  # systemd stop: finish cleanly, the spool keeps the rest
+        if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: every thread's stack to stderr, for a stuck edge
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
         stats = run(cfg)
     except (ConfigError, EdgeError) as e:
         typer.echo(f"edge: {e}", err=True)

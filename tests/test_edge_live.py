@@ -83,7 +83,7 @@ def test_live_camera_captures_while_the_cloud_is_down_and_delivers_later(camera_
         wait_for(lambda: metric(metrics_port, "infocut_edge_frames_acked_total") >= 8,
                  "the spooled frames reached the cloud once it came up", edge)
         edge.send_signal(signal.SIGINT)
-        out, _ = edge.communicate(timeout=60)
+        out = stopped(edge)
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
             first_run = [s for (s,) in con.execute("SELECT seq FROM scores WHERE camera_id='live' ORDER BY seq")]
 
@@ -98,7 +98,7 @@ def test_live_camera_captures_while_the_cloud_is_down_and_delivers_later(camera_
         for proc in (edge, second, cloud):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
-        out2, _ = second.communicate(timeout=60) if second is not None else ("", None)
+        out2 = stopped(second) if second is not None else ""
         if edge.poll() is None:
             edge.kill()
         if cloud is not None:
@@ -113,6 +113,19 @@ def test_live_camera_captures_while_the_cloud_is_down_and_delivers_later(camera_
         seqs = [s for (s,) in con.execute("SELECT seq FROM scores WHERE camera_id='live' ORDER BY seq")]
     assert seqs[: len(first_run)] == first_run and len(seqs) >= len(first_run) + 3
     assert min(seqs[len(first_run):]) > max(first_run), "the second edge numbered on after the cloud's last seq"
+
+
+def stopped(proc: subprocess.Popen, timeout: float = 60) -> str:
+    """The output of an edge asked to stop; if it does not within `timeout`, fail with its threads' stacks
+    (the edge dumps them on SIGUSR1) to show where it hangs."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        proc.kill()
+        out = proc.communicate()[0]
+        raise AssertionError(f"the edge did not stop within {timeout:.0f} s of SIGINT:\n{out[-20000:]}") from None
 
 
 def summary(out: str) -> dict[str, int]:
