@@ -407,6 +407,9 @@ def edge(
         if config is not None and metrics_port:
             cfg.metrics_port = metrics_port
         signal.signal(signal.SIGTERM, _interrupt)  # systemd stop: finish cleanly, the spool keeps the rest
+        # Ctrl-C or `kill -INT` stops cleanly too, even when started in the background by a shell, which makes
+        # SIGINT ignored (Python then installs no handler of its own)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: every thread's stack to stderr, for a stuck edge
             faulthandler.register(signal.SIGUSR1, all_threads=True)
         stats = run(cfg)
