@@ -124,19 +124,17 @@ class ThreadCPU:
 
     def __init__(self, every_s: float = 0.2) -> None:
         self.every_s, self.last, self.stop = every_s, {}, threading.Event()
-        self.tick = os.sysconf("SC_CLK_TCK")
         self.thread = threading.Thread(target=self._run, daemon=True, name="bench-cpu-sampler")
 
     def _sample(self) -> None:
         names = {t.native_id: t.name for t in threading.enumerate()}
         for tid in os.listdir("/proc/self/task"):
             try:
-                stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+                cpu = stat_cpu_s(f"/proc/self/task/{tid}/stat")
                 comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
             except OSError:
                 continue
-            utime, stime = stat.rsplit(")", 1)[1].split()[11:13]
-            self.last[int(tid)] = (names.get(int(tid)) or comm, (int(utime) + int(stime)) / self.tick)
+            self.last[int(tid)] = (names.get(int(tid)) or comm, cpu)
 
     def _run(self) -> None:
         while not self.stop.wait(self.every_s):
@@ -160,6 +158,12 @@ class ThreadCPU:
         for tid, (name, cpu) in self.last.items():
             out[main_label if tid == main else thread_group(name)] += cpu - self.start.get(tid, (name, 0.0))[1]
         return dict(out)
+
+
+def stat_cpu_s(path: str) -> float:
+    """User + system CPU seconds from a /proc stat file (a process's, /proc/PID/stat, or a thread's)."""
+    utime, stime = Path(path).read_text().rsplit(")", 1)[1].split()[11:13]
+    return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
 
 
 def thread_group(name: str) -> str:
@@ -460,13 +464,6 @@ def wait_grpc(address: str, proc: subprocess.Popen, timeout: float = 60) -> None
                     raise RuntimeError(f"no server on {address} after {timeout:.0f} s") from None
 
 
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds a running process has used (all its threads), from /proc."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    utime, stime = stat.rsplit(")", 1)[1].split()[11:13]
-    return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
-
-
 @contextlib.contextmanager
 def server(cmd: list[str], address: str):
     log = tempfile.TemporaryFile()
@@ -478,7 +475,7 @@ def server(cmd: list[str], address: str):
             log.seek(0)
             sys.stderr.write(log.read().decode(errors="replace")[-4000:])
             raise
-        yield lambda: process_cpu_s(proc.pid)
+        yield lambda: stat_cpu_s(f"/proc/{proc.pid}/stat")
     finally:
         proc.terminate()
         try:
@@ -494,22 +491,17 @@ def run_mode(args, mode: str) -> dict:
     if mode.startswith("bare:"):
         return run_worker(args, "bare", layout=mode[5:])
     port = free_port()
-    if mode == "sink":
-        cmd = [sys.executable, __file__, "--serve-sink", str(port), "--artifact", str(args.artifact)]
-    else:
-        tmp = tempfile.mkdtemp(prefix="edge-bench-cloud-")
-        cmd = [sys.executable, "-m", "infocut", "cloud", "--artifact", str(args.artifact), "--grpc-port", str(port),
-               "--http-port", str(free_port()), "--host", "127.0.0.1", "--db", f"sqlite:///{tmp}/cloud.db"]
-    try:
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:  # the cloud's database
+        cmd = [sys.executable, __file__, "--serve-sink", str(port), "--artifact", str(args.artifact)] \
+            if mode == "sink" else \
+            [sys.executable, "-m", "infocut", "cloud", "--artifact", str(args.artifact), "--grpc-port", str(port),
+             "--http-port", str(free_port()), "--host", "127.0.0.1", "--db", f"sqlite:///{tmp}/cloud.db"]
         with server(cmd, f"127.0.0.1:{port}") as server_cpu_s:
             cpu0 = server_cpu_s()
             out = run_worker(args, "agent", cloud=f"127.0.0.1:{port}")
             # the receiver's CPU while the agent ran: on one machine it shares the edge's cores
             out["receiver_cpu_s_per_frame"] = (server_cpu_s() - cpu0) / max(out["frames"], 1)
             return out
-    finally:
-        if mode != "sink":
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def print_report(result: dict, console) -> None:

@@ -194,23 +194,17 @@ class IngestService(pb_grpc.IngestServicer):
         if not chain:
             return None
         shapes = [(1, *s) for s in self.artifact.cut_shapes]
-        held: tuple[int, list] | None = None
+        rebuilt = References()  # each link is decoded against the one before, as the live stream was
         try:
             for link in chain:
-                if link.checkpoint:
-                    held = (link.seq, unpack_codes(link.data, shapes))
-                    continue
-                prev = held
-
-                def reference(distance: int, seq: int = link.seq, prev=prev):
-                    return prev[1] if prev is not None and prev[0] == seq - distance else None
-
-                held = (link.seq, decode_frame(link.data, self.models, reference, expect_shapes=shapes).tensors)
+                codes = unpack_codes(link.data, shapes) if link.checkpoint else decode_frame(
+                    link.data, self.models, rebuilt.lookup(camera_id, link.seq), expect_shapes=shapes).tensors
+                rebuilt.update(camera_id, link.seq, codes)
         except CodecError as e:
             log.warning("camera %s: stored reference chain unreadable (%s); waiting for a key frame", camera_id, e)
             return None
         self._chain_length[camera_id] = len(chain)
-        return held
+        return chain[-1].seq, codes
 
     def decode(self, data: bytes, camera_id: str, seq: int) -> DecodedFrame:
         """The cloud's whole decode path for one frame of a camera, alone (tests/test_fuzz.py feeds it
