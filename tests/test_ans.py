@@ -214,10 +214,17 @@ def test_encoding_is_bit_exact_across_runs_and_threads(model):
     fixed = EntropyModel(2, fixed.intra, entropy_model.quantize_counts(pairs.reshape(2, 4, 4)))
     ref = np.roll(codes, 3, axis=2)
     assert hashlib.sha256(ans.encode(codes, 2, fixed, ref)).hexdigest()[:16] == GOLDEN_DELTA
+    # runs past the escape (64) and a channel ending in one: spooled frames stay decodable across versions
+    ref = (np.arange(600, dtype=np.uint8).reshape(1, 2, 300) * 5) % 4
+    codes = ref.copy()
+    codes[0, 0, [0, 70, 71, 250]] ^= 1  # runs of 0, 69, 0, 178, then 49 to the channel's end
+    codes[0, 1, 130] ^= 3  # 130, then 169
+    assert hashlib.sha256(ans.encode(codes, 2, fixed, ref)).hexdigest()[:16] == GOLDEN_ESCAPES
 
 
 GOLDEN = "53e54787f8e9c5ac"
 GOLDEN_DELTA = "9652e959a255cf5a"
+GOLDEN_ESCAPES = "fdc5742bbc814237"  # as coded since frame version 2
 
 
 def test_bad_payloads_and_arguments_get_clear_errors(model):
