@@ -13,9 +13,12 @@ What is timed, each in its own process pinned to `--cores` CPUs (2 by default: t
           is not pinned, but on a 2-core machine it shares the edge's cores and slows it.
 
 Overhead is the pipeline's extra time per frame over bare (bare fps / pipeline fps - 1), and its extra
-CPU per frame (pipeline CPU / bare CPU - 1). Per-stage wall and CPU times are the agent's own calls,
-timed in place (the stages run in parallel threads, so they do not add up to the frame period); send
-is the time from the link taking a frame off the spool to the cloud's result. CPU per thread comes
+CPU per frame (pipeline CPU / bare CPU - 1), both at the steady rate: from the frame done 10% into a run
+to the last (bare: out of the head; the agent: acked), as on a stream that runs for months. The whole
+run's rate, with the agent's start (connect, open the source, fill the stages), is reported beside it.
+Per-stage wall and CPU times are the agent's own calls, timed in place (the stages run in parallel
+threads, so they do not add up to the frame period); send is the time from the link taking a frame off
+the spool to the cloud's result. CPU per thread comes
 from /proc (onnxruntime's pool, the head thread, encode, capture, gRPC). Peak RSS is each process's
 own (getrusage). `--repeat R` interleaves R runs of each mode and keeps the median. Then the sweep
 times the head alone at other cuts, with a learned bottleneck's encoder and at smaller inputs (each
@@ -56,6 +59,7 @@ import numpy as np
 from infocut.settings import DEMO_ARTIFACT, DEMO_CLIP
 
 WARMUP = 3  # head runs before timing, in every mode (the first onnxruntime runs are slower)
+STEADY_SKIP = 0.1  # the share of a run's first frames left out of its steady rate (the stages filling)
 # bare onnxruntime's layouts of `--threads` threads; the fastest is the baseline (which one wins depends on the CPU)
 BARE_LAYOUTS = {"spin": "one session, threads spin between ops (onnxruntime's default)",
                 "sleep": "one session, threads sleep between ops",
@@ -108,6 +112,18 @@ def load_frames(source: str, size: tuple[int, int], n: int) -> tuple[list[np.nda
     return frames, decode_s, prep_s
 
 
+def steady(done: list[tuple[float, float]], frames: int) -> dict:
+    """fps and CPU s per frame from the (wall, process CPU) at which each frame was done, leaving out the first
+    STEADY_SKIP of them: the rate the pipeline keeps once full, as on a stream that runs for months. The whole
+    run's figures (with the start: connect, open the source, fill the stages) are kept beside them."""
+    done = sorted(done)
+    k = min(max(1, int(STEADY_SKIP * frames)), len(done) - 2)
+    (t0, c0), (t1, c1) = done[k], done[-1]
+    n = len(done) - 1 - k
+    return {"fps": n / (t1 - t0), "ms_per_frame": 1e3 * (t1 - t0) / n, "cpu_s_per_frame": (c1 - c0) / n,
+            "steady_frames": n}
+
+
 def ort_session(path, threads: int, spin: bool = True):
     import onnxruntime as ort
 
@@ -123,7 +139,7 @@ class ThreadCPU:
     keeps its last sample), grouped by what runs in it: where the pipeline's CPU goes, busy machine or not."""
 
     def __init__(self, every_s: float = 0.2) -> None:
-        self.every_s, self.last, self.stop = every_s, {}, threading.Event()
+        self.every_s, self.last, self.stop, self.lock = every_s, {}, threading.Event(), threading.Lock()
         self.thread = threading.Thread(target=self._run, daemon=True, name="bench-cpu-sampler")
 
     def _sample(self) -> None:
@@ -134,11 +150,19 @@ class ThreadCPU:
                 comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
             except OSError:
                 continue
-            self.last[int(tid)] = (names.get(int(tid)) or comm, cpu)
+            with self.lock:  # CPU times only grow: a thread's final time from at_exit is never undone
+                prev = self.last.get(int(tid), ("", 0.0))[1]
+                self.last[int(tid)] = (names.get(int(tid)) or comm, max(cpu, prev))
 
     def _run(self) -> None:
         while not self.stop.wait(self.every_s):
             self._sample()
+
+    def at_exit(self) -> None:
+        """Called by a thread as it ends: its final CPU, which the sampler would miss up to `every_s` of."""
+        t = threading.current_thread()
+        with self.lock:
+            self.last[t.native_id] = (t.name, time.thread_time())
 
     def __enter__(self) -> ThreadCPU:
         self._sample()
@@ -195,13 +219,15 @@ def bare(args) -> dict:
         for f in frames[:WARMUP]:
             sess.run(None, {"image": f[None]})
     order = [frames[i % len(frames)] for i in range(args.frames)]  # a few distinct frames, cycled: modest RSS
-    times, codes = [0.0] * len(order), [None] * len(order)
+    times, codes, done = [0.0] * len(order), [None] * len(order), []
 
     def run(k: int) -> None:  # session k runs frames k, k + n, ...
         for i in range(k, len(order), n):
             t = time.perf_counter()
             codes[i] = sessions[k].run(art.cut_names, {"image": order[i][None]})
             times[i] = time.perf_counter() - t
+            done.append((times[i] + t, cpu_s()))
+        threads.at_exit()
 
     with ThreadCPU() as threads:
         cpu0, t0 = cpu_s(), time.perf_counter()
@@ -218,9 +244,9 @@ def bare(args) -> dict:
         data = stream.encode(c, len(enc))
         enc.append((time.perf_counter() - t, len(data)))
     return {
-        "layout": args.layout, "frames": args.frames, "distinct_frames": len(frames), "wall_s": wall, "fps": args.frames / wall,
-        "ms_per_frame": 1e3 * wall / args.frames, "head_ms_p50": 1e3 * float(np.median(times)),
-        "cpu_s_per_frame": cpu / args.frames, "peak_rss_mb": peak_rss_mb(),
+        "layout": args.layout, "frames": args.frames, "distinct_frames": len(frames), "wall_s": wall,
+        **steady(done, args.frames), "fps_whole_run": args.frames / wall, "cpu_s_per_frame_whole_run": cpu / args.frames,
+        "head_ms_p50": 1e3 * float(np.median(times)), "peak_rss_mb": peak_rss_mb(),
         "alone_ms_p50": {"capture": 1e3 * float(np.median(decode_s)), "preprocess": 1e3 * float(np.median(prep_s)),
                          "head": 1e3 * float(np.median(times)), "encode": 1e3 * float(np.median([e[0] for e in enc]))},
         "bytes_per_frame": float(np.mean([e[1] for e in enc])),
@@ -279,6 +305,7 @@ def agent(args) -> dict:
 
         sent_at: dict[int, float] = {}
         send_s: list[float] = []
+        acked: list[tuple[float, float]] = []  # (wall, process CPU) at each frame's result
         spool_next, spool_ack = cam.outbox.next, cam.outbox.ack
 
         def next_(*a, **kw):
@@ -288,8 +315,10 @@ def agent(args) -> dict:
             return rec
 
         def ack(seq):
+            now = time.perf_counter()
             if seq in sent_at:
-                send_s.append(time.perf_counter() - sent_at.pop(seq))
+                send_s.append(now - sent_at.pop(seq))
+                acked.append((now, cpu_s()))
             return spool_ack(seq)
 
         dummy = np.zeros((1, *cam.artifact.input_size, 3), np.uint8)
@@ -311,6 +340,18 @@ def agent(args) -> dict:
 
         cam.outbox.put = append_
         cam.outbox.next, cam.outbox.ack = next_, ack
+        stage = cam._stage
+
+        def stage_(name, body, done, *a):  # each stage thread's CPU as it ends
+            def body_():
+                try:
+                    body()
+                finally:
+                    threads.at_exit()
+
+            return stage(name, body_, done, *a)
+
+        cam._stage = stage_
         with ThreadCPU() as threads:
             cpu0, t0 = cpu_s(), time.perf_counter()
             stats = cam.run()
@@ -326,7 +367,8 @@ def agent(args) -> dict:
         "thread_cpu_ms_per_frame": {k: 1e3 * v / max(n, 1)
                                     for k, v in threads.by_group("main (the link: gRPC stream)").items()},
         "frames": n, "captured": stats.captured, "rejected": stats.rejected, "dropped": sum(stats.dropped.values()),
-        "head_workers": len(cam.heads), "wall_s": wall, "fps": n / wall, "edge_fps": n / (spooled_at[0] - t0), "ms_per_frame": 1e3 * wall / max(n, 1), "cpu_s_per_frame": cpu / max(n, 1),
+        "head_workers": len(cam.heads), "wall_s": wall, **steady(acked, args.frames), "fps_whole_run": n / wall,
+        "edge_fps_whole_run": n / (spooled_at[0] - t0), "cpu_s_per_frame_whole_run": cpu / max(n, 1),
         "peak_rss_mb": peak_rss_mb(), "bytes_per_frame": stats.encoded_bytes / max(stats.captured, 1),
         "stage_ms_p50": stages,
     }
@@ -510,17 +552,19 @@ def print_report(result: dict, console) -> None:
     bare_ = result["bare"]
     t = Table(title=f"edge throughput: {result['artifact_desc']}, {result['frames']} frames, pinned to "
                     f"{len(bare_['cpus'])} CPUs; bare: {result['threads']} onnxruntime threads in all")
-    for col in ("mode", "fps", "spooled fps", "ms/frame", "overhead", "paired", "CPU ms/f", "CPU overhead", "RSS MB",
+    for col in ("mode", "fps", "whole-run fps", "ms/frame", "overhead", "paired", "CPU ms/f", "CPU overhead", "RSS MB",
                 "B/frame"):
         t.add_column(col, justify="left" if col == "mode" else "right")
     for layout, r in result["bare_layouts"].items():
         t.add_row(f"bare ORT: {layout}" + (" (baseline)" if layout == bare_["layout"] else ""),
-                  f"{r['fps']:.1f}", "", f"{r['ms_per_frame']:.1f}", "", "", f"{1e3 * r['cpu_s_per_frame']:.1f}", "",
+                  f"{r['fps']:.1f}", f"{r['fps_whole_run']:.1f}", f"{r['ms_per_frame']:.1f}", "", "",
+                  f"{1e3 * r['cpu_s_per_frame']:.1f}", "",
                   f"{r['peak_rss_mb']:.0f}", "")
     modes = [m for m in ("sink", "cloud") if result.get(m)]
     for mode in modes:
         r = result[mode]
-        t.add_row(f"agent>{mode} ({r['head_workers']} head{'s' * (r['head_workers'] > 1)})", f"{r['fps']:.1f}", f"{r['edge_fps']:.1f}", f"{r['ms_per_frame']:.1f}",
+        t.add_row(f"agent>{mode} ({r['head_workers']} head{'s' * (r['head_workers'] > 1)})", f"{r['fps']:.1f}",
+                  f"{r['fps_whole_run']:.1f}", f"{r['ms_per_frame']:.1f}",
                   f"{r['overhead_pct']:+.1f}%", f"{r['overhead_pct_paired']:+.1f}%", f"{1e3 * r['cpu_s_per_frame']:.1f}",
                   f"{r['cpu_overhead_pct']:+.1f}%", f"{r['peak_rss_mb']:.0f}", f"{r['bytes_per_frame']:,.0f}")
     console.print(t)
@@ -545,8 +589,10 @@ def print_report(result: dict, console) -> None:
         alone = bare_["alone_ms_p50"].get(stage)
         s.add_row(stage, *cells, "" if alone is None else f"{alone:.1f}")
     console.print(s)
-    console.print("fps: frames acked by the cloud per second of the agent's run; spooled fps: frames through the "
-                  "edge's pipeline (up to the spool) per second. A real cloud on the same CPUs slows both.")
+    console.print(f"fps, ms/frame and CPU: the steady rate, frames done (bare: through the head; the agent: acked by "
+                  f"the cloud) per second after the first {STEADY_SKIP:.0%} of a run; whole-run fps: frames over the "
+                  "whole run, the agent's start (connect, open the source, fill the stages) included. A real cloud "
+                  "on the same CPUs slows both.")
     console.print("bare layouts: " + "; ".join(f"{k}: {v}" for k, v in BARE_LAYOUTS.items()))
     console.print("overhead: against the fastest bare layout (the baseline); paired: each agent run against that "
                   "layout's run just before it. The receiver's own CPU per frame (on one machine it shares "
@@ -608,6 +654,8 @@ def main() -> None:
     parser.add_argument("--cloud", help=argparse.SUPPRESS)
     parser.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.frames < 3:
+        parser.error("--frames: at least 3 (the steady rate is timed between frames after the first)")
     if args.serve_sink:
         return serve_sink(args)
     if args.worker:
@@ -630,8 +678,9 @@ def main() -> None:
               "side_nice": CameraConfig.model_fields["side_nice"].default if args.side_nice is None else args.side_nice,
               "git": git_revision(),
               "machine": machine_info(args.threads), "command": " ".join(sys.argv), "loadavg_start": os.getloadavg(),
-              "overhead_definition": "bare fps / pipeline fps - 1 (the pipeline's extra time per frame), of the "
-                                     "median runs, bare being the layout with the highest median fps; paired: the "
+              "overhead_definition": "bare fps / pipeline fps - 1 (the pipeline's extra time per frame), fps "
+                                     f"being the steady rate after the first {STEADY_SKIP:.0%} of each run's frames, "
+                                     "of the median runs, bare being the layout with the highest median fps; paired: the "
                                      "median over runs of the same ratio against that layout's run just before; cpu "
                                      "overhead: pipeline CPU s per frame / that layout's CPU s per frame - 1"}
     modes = [f"bare:{k}" for k in BARE_LAYOUTS] + ["sink"] + ([] if args.no_cloud else ["cloud"])

@@ -220,7 +220,8 @@ class Camera:
     def run(self) -> CameraStats:
         try:
             source = open_source(self.cfg.source, self.cfg.stall_timeout_s,
-                                 on_reopen=lambda _: self.stats.add("source_reopens"))
+                                 on_reopen=lambda _: self.stats.add("source_reopens"),
+                                 decode_threads=self.cfg.decode_threads)
         except SourceError as e:
             self.outbox.close()
             raise EdgeError(f"camera {self.cfg.id}: {e}") from None

@@ -98,6 +98,9 @@ class CameraConfig(_Link):
                               "else 1). Whole frames in parallel need no sync between threads inside each op, which "
                               "on 2 cores beats one session on both (bench/edge.py); each frame takes longer, and "
                               "each session holds its own buffers")
+    decode_threads: int = Field(1, ge=0, le=64, description="FFmpeg threads decoding a video file or stream (0: "
+                                "FFmpeg's choice, about one per core). One costs the least CPU per frame, which the "
+                                "head on the same cores needs; raise it for a stream one core cannot decode in time")
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads of each head session (0: the cores this "
                          "process may use, shared among its cameras and their head workers)")
     spin: bool = Field(False, description="onnxruntime's intra-op threads spin-wait between ops (sessions of 2+ "

@@ -361,6 +361,8 @@ def edge(
                                               "shared among the cameras and head workers)")] = 0,
     head_workers: Annotated[int, typer.Option(help="head sessions running frames side by side (0: 2 on a CPU-only "
                                                    "head with 2+ cores per camera, else 1)")] = 0,
+    decode_threads: Annotated[int, typer.Option(help="FFmpeg threads decoding a video file or stream (0: FFmpeg's "
+                                                     "choice, about one per core)")] = 1,
     providers: Annotated[str, typer.Option(help="onnxruntime providers of the head: auto (TensorRT > CUDA > CPU, "
                                                 "what this onnxruntime has) or a comma list of tensorrt, cuda, "
                                                 "cpu")] = "auto",
@@ -392,7 +394,8 @@ def edge(
             if not artifact or not source:
                 raise ConfigError("give --artifact and --source (or --config FILE)")
             camera = {"id": camera_id, "source": source, "max_frames": max_frames, "pace": pace, "fps": fps,
-                      "threads": threads, "head_workers": head_workers, "stall_timeout_s": stall_timeout,
+                      "threads": threads, "head_workers": head_workers, "decode_threads": decode_threads,
+                      "stall_timeout_s": stall_timeout,
                       **({"policy": policy} if policy else {})}
             spool_cfg = {"dir": str(spool), "cap_bytes": spool_cap, "ttl_s": spool_ttl, "when_full": spool_when_full,
                          "mode": spool_mode}

@@ -30,6 +30,8 @@ def test_edge_bench_runs_the_agent_and_accounts_for_every_frame(tmp_path):
     # The same clip frames through the same head: the agent's frames cost what bare's encoded codes cost.
     assert sink["bytes_per_frame"] == pytest.approx(bare["bytes_per_frame"], rel=0.01)
     assert sink["overhead_pct"] == pytest.approx(100 * (bare["fps"] / sink["fps"] - 1))
+    assert sink["steady_frames"] == bare["steady_frames"] == FRAMES - 2  # the first left out, then intervals
+    assert sink["fps_whole_run"] > 0 and sink["cpu_s_per_frame"] > 0
     # The baseline is bare at its fastest: every layout ran, and none beat the one chosen.
     layouts = r["bare_layouts"]
     assert set(layouts) == {"spin", "sleep", "workers"} and bare["layout"] in layouts
@@ -43,3 +45,17 @@ def test_edge_bench_runs_the_agent_and_accounts_for_every_frame(tmp_path):
     head = threads.get("head threads (onnxruntime callers)", 0) + threads.get(
         "onnxruntime intra-op pool (and OpenCV's)", 0)  # the callers or a pool: which runs more varies
     assert head > threads.get("encode thread (encode + spool)", 0)
+
+
+def test_the_steady_rate_leaves_out_the_start_and_not_the_rest():
+    from bench.edge import STEADY_SKIP, steady
+
+    frames = 50
+    skip = int(STEADY_SKIP * frames)
+    # a slow start (connect, open, fill the stages), then a frame every 25 ms at 40 ms of CPU each, out of order
+    done = [(2.0 + 0.5 * i, 1.0 + i) for i in range(skip)]
+    done += [(2.0 + 0.5 * skip + 0.025 * i, 1.0 + skip + 0.04 * i) for i in range(frames - skip)]
+    r = steady(done[::-1], frames)
+    assert r["steady_frames"] == frames - 1 - skip
+    assert r["fps"] == pytest.approx(40.0) and r["cpu_s_per_frame"] == pytest.approx(0.04)
+    assert steady(done[:3], 3)["steady_frames"] == 1  # a tiny run keeps at least one interval

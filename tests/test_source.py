@@ -117,6 +117,30 @@ def test_video_file_yields_every_frame_in_order(clip: Path) -> None:
         assert np.abs(frame.image.astype(int) - rgb).max() <= 4  # H.264 at crf 10 on a flat frame
 
 
+def _decoder_threads() -> int:
+    """FFmpeg's worker threads alive in this process (it names them av:CODEC:...)."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            names.append((task / "comm").read_text())
+        except OSError:
+            continue
+    return sum(name.startswith("av:") for name in names)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+def test_decode_threads_sets_ffmpegs_threads_and_not_the_frames() -> None:
+    clip = Path(__file__).resolve().parent.parent / "assets" / "ped2_test01.mp4"  # big enough for frame threads
+    decoded = {}
+    for threads in (1, 3):
+        with open_source(str(clip), decode_threads=threads) as source:
+            decoded[threads] = [f.image for _, f in zip(range(12), source)]
+            workers = _decoder_threads()
+        assert (workers == 0) if threads == 1 else (workers >= 2), (threads, workers)
+    for one, several in zip(decoded[1], decoded[3]):
+        np.testing.assert_array_equal(one, several)
+
+
 def test_video_file_keeps_colour_channels_in_rgb_order(tmp_path: Path) -> None:
     path = tmp_path / "red.mp4"
     write_mp4(path, [(220, 20, 20)] * 3)
