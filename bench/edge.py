@@ -209,10 +209,13 @@ def bare(args) -> dict:
     """head.onnx in plain onnxruntime on preprocessed frames, laid out as `args.layout` (BARE_LAYOUTS); also
     each stage's cost run alone."""
     from codec.stream import StreamEncoder
+    from edge.stages import batch_scheduling
     from infocut.artifact import load_artifact
 
     art = load_artifact(args.artifact)
     frames, decode_s, prep_s = load_frames(args.source, art.input_size, min(args.frames, 32))
+    if args.cpu_scheduling == "batch":  # like with like: the agent's policy, before onnxruntime starts its threads
+        batch_scheduling()
     n = 2 if args.layout == "workers" else 1
     sessions = [ort_session(art.head_path, max(1, args.threads // n), spin=args.layout != "sleep") for _ in range(n)]
     for sess in sessions:
@@ -285,6 +288,7 @@ def agent(args) -> dict:
 
     from edge import agent as agent_mod
     from edge.config import EdgeConfig
+    from edge.stages import batch_scheduling
 
     logging.basicConfig(level=logging.WARNING)
     spool = Path(tempfile.mkdtemp(prefix="edge-bench-spool-"))
@@ -293,7 +297,10 @@ def agent(args) -> dict:
                          cameras=[{"id": "bench", "source": args.source, "max_frames": args.frames,
                                    "policy": "lossless", "spin": args.spin,
                                    "head_workers": args.head_workers,
-                                   **({} if args.side_nice is None else {"side_nice": args.side_nice})}])
+                                   **({} if args.side_nice is None else {"side_nice": args.side_nice})}],
+                         cpu_scheduling=args.cpu_scheduling)
+        if cfg.cpu_scheduling == "batch":  # as edge.agent.run does, before the head sessions start their threads
+            batch_scheduling()
         cam = agent_mod.Camera(cfg.cameras[0], cfg.backoff_s)
         timers = StageTimes()
         open_source = agent_mod.open_source
@@ -483,7 +490,7 @@ def run_worker(args, mode: str, **extra) -> dict:
                "--threads", str(args.threads), "--cores", str(args.cores), "--artifact", str(args.artifact),
                "--source", args.source] + (["--spin"] if args.spin else []) \
             + ([] if args.side_nice is None else ["--side-nice", str(args.side_nice)]) \
-            + ["--head-workers", str(args.head_workers)]
+            + ["--head-workers", str(args.head_workers), "--cpu-scheduling", args.cpu_scheduling]
         for k, v in extra.items():
             cmd += [f"--{k}", str(v)]
         subprocess.run(cmd, check=True, cwd=REPO)
@@ -642,6 +649,9 @@ def main() -> None:
     parser.add_argument("--source", default=str(DEMO_CLIP), help="video file or folder of frames (e.g. a Ped2 video)")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "edge.json")
     parser.add_argument("--repeat", type=int, default=1, help="runs per mode, interleaved; the median is reported")
+    parser.add_argument("--cpu-scheduling", choices=("batch", "normal"), default="batch", help="the scheduling "
+                        "policy of every timed process, bare and agent alike (the agent's cpu_scheduling; default: "
+                        "its default, batch)")
     parser.add_argument("--side-nice", type=int, help="the agent's side_nice (niceness of its capture and encode "
                         "threads; default: the agent's default)")
     parser.add_argument("--spin", action="store_true", help="the agent's onnxruntime threads spin-wait between ops "
@@ -676,6 +686,7 @@ def main() -> None:
               "frames": args.frames, "threads": args.threads, "cores": args.cores, "repeat": args.repeat, "agent_spinning": args.spin,
               "bare_layouts_defined": BARE_LAYOUTS,
               "side_nice": CameraConfig.model_fields["side_nice"].default if args.side_nice is None else args.side_nice,
+              "cpu_scheduling": args.cpu_scheduling,
               "git": git_revision(),
               "machine": machine_info(args.threads), "command": " ".join(sys.argv), "loadavg_start": os.getloadavg(),
               "overhead_definition": "bare fps / pipeline fps - 1 (the pipeline's extra time per frame), fps "

@@ -37,7 +37,7 @@ from edge.outbox import Outbox
 from edge.preprocess import one_opencv_thread, to_input
 from edge.source import Source, SourceError, open_source
 from edge.spool import Spool, SpoolError
-from edge.stages import END, InOrder, StageQueue, lower_priority
+from edge.stages import END, InOrder, StageQueue, batch_scheduling, lower_priority
 from infocut import tls
 from infocut.artifact import Artifact, load_artifact
 
@@ -240,8 +240,9 @@ class Camera:
                 seq0 = first_seq - skip
             # resume_after_index: the position in the file of the last frame already handled (-1: none)
             log.info("event=start camera=%s source=%r policy=%s spool_mode=%s cloud=%s first_seq=%d "
-                     "resume_after_index=%d spooled=%d", self.cfg.id, self.cfg.source, self.cfg.policy,
-                     self.cfg.spool.mode, self.cfg.cloud, first_seq, skip - 1, self.spool.depth[0])
+                     "resume_after_index=%d spooled=%d head_workers=%d", self.cfg.id, self.cfg.source,
+                     self.cfg.policy, self.cfg.spool.mode, self.cfg.cloud, first_seq, skip - 1, self.spool.depth[0],
+                     len(self.heads))
             threads = [
                 self._stage("_capture", lambda: self._capture(source, first_seq, skip), self.to_head.close,
                             self.cfg.side_nice),
@@ -286,7 +287,10 @@ def head_workers(artifact: Artifact, cfg: CameraConfig, cameras: int = 1) -> lis
 
 
 def run(cfg: EdgeConfig) -> list[CameraStats]:
-    """Run every camera of `cfg` until its file is done (live sources: until interrupted)."""
+    """Run every camera of `cfg` until its file is done (live sources: until interrupted). With `cpu_scheduling:
+    batch`, the calling thread and every thread the agent starts run under SCHED_BATCH (edge/stages.py)."""
+    took = cfg.cpu_scheduling == "batch" and batch_scheduling()
+    log.info("event=scheduling cpu_scheduling=%s", "batch" if took else "normal")
     cameras: list[Camera] = []
     try:
         for c in cfg.cameras:

@@ -142,6 +142,10 @@ class EdgeConfig(_Link):
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
     metrics_host: str = "0.0.0.0"
     backoff_s: tuple[float, float] = Field((0.25, 10.0), description="first and longest reconnect wait")
+    cpu_scheduling: Literal["batch", "normal"] = Field(
+        "batch", description="Linux scheduling policy of the agent's threads: batch (SCHED_BATCH: a stage thread "
+        "that wakes does not preempt the head; half the context switches, ~2.5 ms less CPU a frame on 2 cores, "
+        "bench/edge.py) or normal (SCHED_OTHER: the lowest latency)")
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     cameras: list[CameraConfig] = Field(min_length=1)
 

@@ -3,6 +3,7 @@ stage queues' two policies."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -129,6 +130,8 @@ def test_link_settings_are_defaults_a_camera_may_override(tmp_path):
     assert "secret" not in repr(a), "a token never shows in a config's repr (logs)"
     assert str(a.tls.ca) == "/etc/infocut/ca.pem" and a.tls.cert is None and str(b.tls.cert) == "/b.pem"
     assert (a.providers, b.providers) == ("cpu", "auto")
+    assert load(doc, "test", environ={}).cpu_scheduling == "batch"  # the default
+    assert load(doc, "test", environ={"INFOCUT_EDGE__CPU_SCHEDULING": "normal"}).cpu_scheduling == "normal"
     assert a.spool.mode == "always" and a.stall_timeout_s == 3 and b.stall_timeout_s == 10
 
 
@@ -138,6 +141,8 @@ def test_bad_link_settings_name_the_field(tmp_path):
         load({**base, "providers": "gpu"}, "test", environ={})
     with pytest.raises(ConfigError, match=r"spool.mode"):
         load({**base, "spool": {"mode": "sometimes"}}, "test", environ={})
+    with pytest.raises(ConfigError, match=r"cpu_scheduling"):
+        load({**base, "cpu_scheduling": "realtime"}, "test", environ={})
     cam = load({**base, "token_file": str(tmp_path / "missing")}, "test", environ={}).cameras[0]
     with pytest.raises(ConfigError, match="token_file .*No such file"):
         cam.bearer_token()
@@ -145,8 +150,6 @@ def test_bad_link_settings_name_the_field(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
 def test_lower_priority_lowers_only_the_calling_thread_and_what_it_starts():
-    import os
-
     from edge.stages import lower_priority
 
     def nice_of(tid: int) -> int:
@@ -167,6 +170,27 @@ def test_lower_priority_lowers_only_the_calling_thread_and_what_it_starts():
     t.join()
     assert seen == {"stage": min(19, mine + 5), "child": min(19, mine + 5)}
     assert nice_of(threading.get_native_id()) == mine  # the caller's (the head's) priority is untouched
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_batch_scheduling_takes_the_calling_thread_and_what_it_starts_not_the_caller():
+    from edge.stages import batch_scheduling
+
+    mine = os.sched_getscheduler(0)
+    seen: dict[str, int] = {}
+
+    def camera():
+        seen["took"] = batch_scheduling()
+        seen["camera"] = os.sched_getscheduler(0)
+        child = threading.Thread(target=lambda: seen.__setitem__("stage", os.sched_getscheduler(0)))
+        child.start()
+        child.join()
+
+    t = threading.Thread(target=camera)
+    t.start()
+    t.join()
+    assert seen == {"took": True, "camera": os.SCHED_BATCH, "stage": os.SCHED_BATCH}
+    assert os.sched_getscheduler(0) == mine  # the thread that started the camera is untouched
 
 
 def test_head_workers_hand_results_on_in_the_order_frames_were_taken():

@@ -48,6 +48,17 @@ def metric(port: int, name: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def batch_threads(pid: int) -> int:
+    """How many of the process's threads run under SCHED_BATCH."""
+    n = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            n += os.sched_getscheduler(int(tid)) == os.SCHED_BATCH
+        except OSError:  # the thread ended meanwhile
+            continue
+    return n
+
+
 def wait_for(check, what: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -73,6 +84,8 @@ def test_live_camera_captures_while_the_cloud_is_down_and_delivers_later(camera_
         wait_for(lambda: metric(metrics_port, "infocut_edge_spool_frames") >= 3,
                  "the camera captured and spooled frames with no cloud to talk to", edge)
         assert metric(metrics_port, "infocut_edge_frames_acked_total") == 0
+        if hasattr(os, "SCHED_BATCH"):  # the camera's threads (capture, head, encode, link) run as SCHED_BATCH
+            assert batch_threads(edge.pid) >= 4
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
             assert 'infocut_edge_providers_info{camera_id="live",providers="cpu"} 1.0' in r.read().decode()
         cloud = subprocess.Popen(
