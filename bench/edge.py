@@ -138,7 +138,7 @@ class ThreadCPU:
     """CPU seconds of each thread of this process, from /proc, sampled until stopped (a thread that ends
     keeps its last sample), grouped by what runs in it: where the pipeline's CPU goes, busy machine or not."""
 
-    def __init__(self, every_s: float = 0.2) -> None:
+    def __init__(self, every_s: float = 1.0) -> None:  # stage threads report as they end (at_exit)
         self.every_s, self.last, self.stop, self.lock = every_s, {}, threading.Event(), threading.Lock()
         self.thread = threading.Thread(target=self._run, daemon=True, name="bench-cpu-sampler")
 
