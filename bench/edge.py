@@ -124,6 +124,15 @@ def steady(done: list[tuple[float, float]], frames: int) -> dict:
             "steady_frames": n}
 
 
+def median_ci(values: list[float], level: float = 0.95, resamples: int = 10_000) -> tuple[float, float]:
+    """A bootstrap interval of the median of `values` (seeded: the same runs give the same interval). On a VM
+    whose speed drifts between runs, it says how far the median of a few pairs may sit from the truth."""
+    rng = np.random.default_rng(0)
+    medians = np.median(rng.choice(np.asarray(values, float), size=(resamples, len(values))), axis=1)
+    lo, hi = np.quantile(medians, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def ort_session(path, threads: int, spin: bool = True):
     import onnxruntime as ort
 
@@ -601,6 +610,10 @@ def print_report(result: dict, console) -> None:
                   "whole run, the agent's start (connect, open the source, fill the stages) included. A real cloud "
                   "on the same CPUs slows both.")
     console.print("bare layouts: " + "; ".join(f"{k}: {v}" for k, v in BARE_LAYOUTS.items()))
+    for m in modes:
+        lo, hi = result[m]["overhead_pct_paired_ci95"]
+        console.print(f"{m}: paired overhead {result[m]['overhead_pct_paired']:+.1f}%, 95% bootstrap interval of "
+                      f"its median {lo:+.1f}% .. {hi:+.1f}% over {len(result[m]['overhead_pct_runs'])} pairs")
     console.print("overhead: against the fastest bare layout (the baseline); paired: each agent run against that "
                   "layout's run just before it. The receiver's own CPU per frame (on one machine it shares "
                   "these cores; a real cloud would not): "
@@ -719,6 +732,7 @@ def main() -> None:
             # each run against the bare run just before it: a drift of the machine's speed hits both alike
             paired = [100 * (b["fps"] / x["fps"] - 1) for b, x in zip(runs[f"bare:{best}"], rs, strict=True)]
             result[mode]["overhead_pct_paired"] = float(np.median(paired))
+            result[mode]["overhead_pct_paired_ci95"] = median_ci(paired)
             result[mode]["overhead_pct_runs"] = paired
             result[mode]["cpu_overhead_pct"] = 100 * (result[mode]["cpu_s_per_frame"] / result["bare"]["cpu_s_per_frame"]
                                                       - 1)

@@ -59,3 +59,15 @@ def test_the_steady_rate_leaves_out_the_start_and_not_the_rest():
     assert r["steady_frames"] == frames - 1 - skip
     assert r["fps"] == pytest.approx(40.0) and r["cpu_s_per_frame"] == pytest.approx(0.04)
     assert steady(done[:3], 3)["steady_frames"] == 1  # a tiny run keeps at least one interval
+
+
+def test_the_median_interval_holds_the_median_and_narrows_with_agreement():
+    from bench.edge import median_ci
+
+    noisy = [4.9, 16.2, 23.0, 13.6, -2.1, 16.0, 20.3, 28.6, 5.6]
+    lo, hi = median_ci(noisy)
+    assert lo <= 16.0 - 1 < 16.0 + 1 <= hi  # the median, 16.0, well inside a wide interval
+    assert median_ci(noisy) == (lo, hi)  # seeded
+    assert median_ci([10.0] * 9) == (10.0, 10.0)
+    tight = median_ci([9.9, 10.0, 10.1] * 3)
+    assert hi - lo > 10 * (tight[1] - tight[0])
