@@ -18,9 +18,8 @@ to the last (bare: out of the head; the agent: acked), as on a stream that runs 
 run's rate, with the agent's start (connect, open the source, fill the stages), is reported beside it.
 Per-stage wall and CPU times are the agent's own calls, timed in place (the stages run in parallel
 threads, so they do not add up to the frame period); send is the time from the link taking a frame off
-the spool to the cloud's result. CPU per thread comes
-from /proc (onnxruntime's pool, the head thread, encode, capture, gRPC). Peak RSS is each process's
-own (getrusage). `--repeat R` interleaves R runs of each mode and keeps the median. Then the sweep
+the spool to the cloud's result. CPU per thread comes from /proc (onnxruntime's pool, the head thread,
+encode, capture, gRPC). Peak RSS is each process's own (getrusage). `--repeat R` interleaves R runs of each mode and keeps the median. Then the sweep
 times the head alone at other cuts, with a learned bottleneck's encoder and at smaller inputs (each
 exported afresh by splitter/, which needs torch), with its FLOPs: where 30 fps is reached.
 
@@ -237,8 +236,9 @@ def bare(args) -> dict:
         for i in range(k, len(order), n):
             t = time.perf_counter()
             codes[i] = sessions[k].run(art.cut_names, {"image": order[i][None]})
-            times[i] = time.perf_counter() - t
-            done.append((times[i] + t, cpu_s()))
+            end = time.perf_counter()
+            times[i] = end - t
+            done.append((end, cpu_s()))
         threads.at_exit()
 
     with ThreadCPU() as threads:
