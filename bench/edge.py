@@ -19,12 +19,14 @@ run's rate, with the agent's start (connect, open the source, fill the stages), 
 Per-stage wall and CPU times are the agent's own calls, timed in place (the stages run in parallel
 threads, so they do not add up to the frame period); send is the time from the link taking a frame off
 the spool to the cloud's result. CPU per thread comes from /proc (onnxruntime's pool, the head thread,
-encode, capture, gRPC). Peak RSS is each process's own (getrusage). `--repeat R` interleaves R runs of each mode and keeps the median. Then the sweep
-times the head alone at other cuts, with a learned bottleneck's encoder and at smaller inputs (each
-exported afresh by splitter/, which needs torch), with its FLOPs: where 30 fps is reached.
+encode, capture, gRPC). Peak RSS is each process's own (getrusage). `--repeat R` interleaves R runs of
+each mode and keeps the median, with a bootstrap interval of the paired overhead's median. Then the
+sweep times the head alone at other cuts, with a learned bottleneck's encoder and at smaller inputs
+(each exported afresh by splitter/, which needs torch), with its FLOPs: where 30 fps is reached.
 
 The agent runs with its own defaults (on 2 cores: two head workers of one thread each, threads
-sleeping between ops); `--head-workers` and `--spin` change them. The sink's CPU is reported too: on
+sleeping between ops, SCHED_BATCH); `--head-workers`, `--spin` and `--cpu-scheduling` change them
+(the last for bare too). The sink's CPU is reported too: on
 one machine it shares the edge's cores, which a real cloud would not. On a machine shared with other
 work the wall figures swing (the load average is printed and kept in the JSON); the CPU figures hold
 up better.
