@@ -126,8 +126,8 @@ def batch_scheduling() -> bool:
     """Put the calling thread, and the threads it starts from now on, under Linux's SCHED_BATCH: a thread that
     wakes (a frame captured, a result to encode, an ack) no longer preempts the one running, here the head,
     but waits for its time slice to end. On 2 cores that halves the agent's context switches and its CPU a
-    frame drops by ~2.5 ms (8 A/B rounds of bench/edge.py's runs, README); the cost is a few ms of latency. No privilege
-    is needed. Whether it took; elsewhere a no-op: scheduling is an optimization, not a contract."""
+    frame drops by ~2.5 ms (8 A/B rounds of bench/edge.py's runs, README); the cost is a few ms of latency.
+    No privilege is needed. Whether it took; elsewhere a no-op: scheduling is an optimization, not a contract."""
     if not hasattr(os, "SCHED_BATCH"):
         return False
     try:

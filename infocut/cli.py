@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -363,9 +363,9 @@ def edge(
                                                    "head with 2+ cores per camera, else 1)")] = 0,
     decode_threads: Annotated[int, typer.Option(help="FFmpeg threads decoding a video file or stream (0: FFmpeg's "
                                                      "choice, about one per core)")] = 1,
-    cpu_scheduling: Annotated[str | None, typer.Option(help="Linux scheduling policy of the edge's threads: batch "
-                                                            "(the default: a waking stage does not preempt the head, "
-                                                            "less CPU a frame) or normal (the lowest latency)")] = None,
+    cpu_scheduling: Annotated[Literal["batch", "normal"] | None, typer.Option(
+        help="Linux scheduling policy of the edge's threads: batch (the default: a waking stage does not preempt "
+             "the head, less CPU a frame) or normal (the lowest latency)")] = None,
     providers: Annotated[str, typer.Option(help="onnxruntime providers of the head: auto (TensorRT > CUDA > CPU, "
                                                 "what this onnxruntime has) or a comma list of tensorrt, cuda, "
                                                 "cpu")] = "auto",
@@ -412,9 +412,7 @@ def edge(
                         "cameras": [camera], **link}, "command line")
         if config is not None and metrics_port:
             cfg.metrics_port = metrics_port
-        if cpu_scheduling is not None:
-            if cpu_scheduling not in ("batch", "normal"):
-                raise ConfigError(f"--cpu-scheduling: batch or normal, not {cpu_scheduling!r}")
+        if cpu_scheduling is not None:  # click checked the value; with --config too, the flag wins
             cfg.cpu_scheduling = cpu_scheduling
         signal.signal(signal.SIGTERM, _interrupt)  # systemd stop: finish cleanly, the spool keeps the rest
         # Ctrl-C or `kill -INT` stops cleanly too, even when started in the background by a shell, which makes
