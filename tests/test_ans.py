@@ -262,3 +262,18 @@ def test_entropy_models_refuse_malformed_tables(model):
     for bad in broken:
         with pytest.raises(CodecError):
             EntropyModel.from_json(bad)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int64])
+def test_changes_are_grouped_by_channel_then_reference_code_in_position_order(dtype):
+    # both group number widths (int64 past 2**16 groups) give the (channel, reference code) order, stable
+    rng = np.random.default_rng(3)
+    c, s = 40, 16
+    chan = np.sort(rng.integers(0, c, 2000)).astype(dtype)  # changes come in position order: channels ascend
+    refs = rng.integers(0, s, 2000).astype(np.uint8)
+    order, groups = ans._by_reference(chan, refs, s)
+    np.testing.assert_array_equal(order, np.lexsort((np.arange(2000), refs, chan)))
+    key = chan.astype(np.int64)[order] * s + refs[order]
+    assert [g for g, _, _ in groups] == sorted(set(key.tolist()))
+    assert all((key[a:b] == g).all() for g, a, b in groups) and groups[-1][2] == 2000
+    assert ans._group_dtype(4096, 16) is np.uint16 and ans._group_dtype(4097, 16) is np.int64

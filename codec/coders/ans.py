@@ -79,19 +79,27 @@ def _reference(model: EntropyModel, ref: np.ndarray, c: int, n: int) -> np.ndarr
     return r
 
 
-def _by_reference(pos: np.ndarray, refs: np.ndarray, c: int, n: int, s: int) -> list[tuple[int, np.ndarray]]:
-    """The changed flat positions `pos` (in order; `refs` their reference codes) grouped by (channel k, reference
-    code p), in group order g = k * s + p, empty groups left out: (g, indices into pos in position order).
-    One mask per code keeps position order, so no sort is needed (a sort of every change cost 0.5 ms a frame)."""
-    idx = [np.flatnonzero(refs == p) for p in range(s)]
-    bounds = np.stack([np.searchsorted(pos[i], np.arange(c + 1) * n) for i in idx])  # (s, c + 1)
-    filled = np.argwhere((bounds[:, 1:] > bounds[:, :-1]).T).tolist()  # (k, p) pairs, k-major
-    b = bounds.tolist()
-    return [(k * s + p, idx[p][b[p][k]:b[p][k + 1]]) for k, p in filled]
+def _group_dtype(c: int, s: int) -> type:
+    """Group numbers g = k * s + p fit 16 bits for most models, which numpy's stable argsort radix-sorts."""
+    return np.uint16 if c * s <= 1 << 16 else np.int64
 
 
-def _delta_runs(flat: np.ndarray, r: np.ndarray, c: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(the flat positions whose code differs from the reference's, gap symbols, gap symbols per channel).
+def _by_reference(chan: np.ndarray, refs: np.ndarray, s: int) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """The changes (in position order; `chan` their channels k as _group_dtype, `refs` their reference codes p)
+    grouped by (k, p), in group order g = k * s + p: (the permutation that sorts the changes so, position order
+    kept within a group; (g, start, end) of each nonempty group in the sorted changes). Each group is then one
+    contiguous slice: no mask nor gather per group."""
+    g = chan * s
+    g += refs
+    order = np.argsort(g, kind="stable")
+    counts = np.bincount(g)
+    ends = np.cumsum(counts).tolist()
+    return order, [(k, ends[k] - counts[k], ends[k]) for k in np.flatnonzero(counts).tolist()]
+
+
+def _delta_runs(flat: np.ndarray, r: np.ndarray, c: int, n: int, s: int) -> tuple[np.ndarray, ...]:
+    """(the flat positions whose code differs from the reference's, their channels (as _group_dtype(c, s)),
+    gap symbols, gap symbols per channel).
 
     Each channel's run of unchanged codes before each change, and after its last (a change at position n
     that is not one); a run of g codes is g // GAP_ESCAPE escapes then g % GAP_ESCAPE. Laid out as c rows of
@@ -109,15 +117,17 @@ def _delta_runs(flat: np.ndarray, r: np.ndarray, c: int, n: int) -> tuple[np.nda
     per_run[1:] -= ends[:-1]
     changes = np.ones(len(ext), bool)
     changes[ends - 1] = False
-    pos = (ext - np.repeat(np.arange(c), per_run))[changes]
+    chan = np.repeat(np.arange(c, dtype=_group_dtype(c, s)), per_run)
+    pos = (ext - chan)[changes]
+    chan = chan[changes]
     big = np.flatnonzero(gaps >= GAP_ESCAPE)  # few: most runs are short
     symbols = (gaps & (GAP_ESCAPE - 1)).astype(np.int32)
     if not big.size:
-        return pos, symbols, per_run
+        return pos, chan, symbols, per_run
     escapes = gaps[big] >> ESCAPE_SHIFT
     symbols = np.insert(symbols, np.repeat(big, escapes), GAP_ESCAPE)
     channel = np.searchsorted(ends, big, side="right")
-    return pos, symbols, per_run + np.bincount(channel, weights=escapes, minlength=c).astype(per_run.dtype)
+    return pos, chan, symbols, per_run + np.bincount(channel, weights=escapes, minlength=c).astype(per_run.dtype)
 
 
 def _count_digits(most: int) -> list[int]:
@@ -145,8 +155,9 @@ def _decode_counts(coder, c: int, most: int) -> np.ndarray:
     return counts
 
 
-def _changes(symbols: np.ndarray, per_channel: np.ndarray, n: int) -> np.ndarray:
-    """The inverse of _delta_runs: the changed flat positions, or CodecError when the runs do not add up."""
+def _changes(symbols: np.ndarray, per_channel: np.ndarray, n: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of _delta_runs: (the changed flat positions, their channels), or CodecError when the runs do
+    not add up."""
     c = len(per_channel)
     escape = symbols == GAP_ESCAPE
     ext = np.cumsum(np.where(escape, GAP_ESCAPE, symbols + 1)) - 1
@@ -155,7 +166,8 @@ def _changes(symbols: np.ndarray, per_channel: np.ndarray, n: int) -> np.ndarray
         raise CodecError("ans payload: the runs do not add up to the channels' length")
     escape[last] = True  # each channel's end is not a change
     ext = ext[~escape]
-    return ext - ext // (n + 1)
+    chan = (ext // (n + 1)).astype(_group_dtype(c, s))
+    return ext - chan, chan
 
 
 def encode(codes: np.ndarray, bits: int, model: EntropyModel | None = None, ref: np.ndarray | None = None) -> bytes:
@@ -173,13 +185,14 @@ def encode(codes: np.ndarray, bits: int, model: EntropyModel | None = None, ref:
         return coder.get_compressed().astype("<u4").tobytes()
     r = _reference(model, ref, c, n)
     s = 1 << bits
-    pos, symbols, per_channel = _delta_runs(flat, r, c, n)
+    pos, chan, symbols, per_channel = _delta_runs(flat, r, c, n, s)
     gap_models, change_models = _delta_models(model)
     if s > 2:  # at 1 bit a changed code is the other one
-        new, old = flat[pos], r[pos]
-        values = (new - (new > old)).astype(np.int32)
-        for g, i in reversed(_by_reference(pos, old, c, n, s)):  # a stack: the last group first
-            coder.encode_reverse(values[i], change_models[g])
+        new, old = flat.take(pos), r.take(pos)
+        order, groups = _by_reference(chan, old, s)
+        values = (new - (new > old)).astype(np.int32).take(order)
+        for g, a, b in reversed(groups):  # a stack: the last group first
+            coder.encode_reverse(values[a:b], change_models[g])
     ends = np.concatenate(([0], np.cumsum(per_channel))).tolist()
     for k in range(c - 1, -1, -1):
         coder.encode_reverse(symbols[ends[k]:ends[k + 1]], gap_models[k])
@@ -227,21 +240,16 @@ def _decode_delta(coder, model: EntropyModel, r: np.ndarray, c: int, n: int) -> 
     gap_models, change_models = _delta_models(model)
     per_channel = _decode_counts(coder, c, n + 1)
     symbols = np.concatenate([coder.decode(gap_models[k], int(per_channel[k])) for k in range(c)])
-    pos = _changes(symbols, per_channel, n)
-    out = r.copy()
     s = 1 << model.bits
-    old = r[pos]
+    pos, chan = _changes(symbols, per_channel, n, s)
+    out = r.copy()
+    old = r.take(pos)
     if s == 2:
         out[pos] = 1 - old
         return out
+    order, groups = _by_reference(chan, old, s)
     values = np.empty(len(pos), np.int64)
-    groups = _by_reference(pos, old, c, n, s)
-    end = 0
-    for g, i in groups:  # decoded into one buffer in group order, then put back in position order at once
-        values[end:end + len(i)] = coder.decode(change_models[g], len(i))
-        end += len(i)
-    if groups:
-        values[np.concatenate([i for _, i in groups])] = values.copy()
+    values[order] = np.concatenate([coder.decode(change_models[g], b - a) for g, a, b in groups]) if groups else []
     out[pos] = values + (values >= old)
     return out
 
@@ -253,11 +261,11 @@ def ideal_bits(codes: np.ndarray, model: EntropyModel, ref: np.ndarray | None = 
     flat = np.asarray(codes).reshape(-1)
     c, n = _check(model, np.shape(codes))
     r = _reference(model, ref, c, n)
-    pos, symbols, per_channel = _delta_runs(flat, r, c, n)
+    pos, chan, symbols, per_channel = _delta_runs(flat, r, c, n, 1 << model.bits)
     gap, change = model.delta_tables
     freq = [gap[np.repeat(np.arange(c), per_channel), symbols]]
     if model.bits > 1:
         new, old = flat[pos].astype(np.int64), r[pos].astype(np.int64)
-        freq.append(change[pos // max(n, 1), old, new - (new > old)])
+        freq.append(change[chan, old, new - (new > old)])
     counts_bits = c * float(np.log2(np.prod(_count_digits(n + 1), dtype=np.float64)))
     return counts_bits + float(sum(PRECISION * f.size - np.log2(f).sum() for f in freq))
