@@ -7,6 +7,8 @@ What is timed, each in its own process pinned to `--cores` CPUs (2 by default: t
           `--threads` intra-op threads (2 by default) laid out three ways (BARE_LAYOUTS: one session whose
           threads spin between ops, onnxruntime's default; one whose threads sleep; two sessions side by
           side on whole frames). The fastest is the baseline: the overhead is against bare at its best;
+- loop:   a second point of reference, not the baseline: what a user's own script does without infocut,
+          decoding, resizing and inferring each frame of the source in turn (one session, threads spinning);
 - sink:   the edge agent (edge/agent.py: capture + preprocess -> head -> encode -> spool -> gRPC), sending
           over loopback to a sink process that acks each frame at once: the edge alone;
 - cloud:  the same agent sending to a real `infocut cloud` on loopback (decode, tail, SQLite); the cloud
@@ -65,6 +67,8 @@ STEADY_SKIP = 0.1  # the share of a run's first frames left out of its steady ra
 BARE_LAYOUTS = {"spin": "one session, threads spin between ops (onnxruntime's default)",
                 "sleep": "one session, threads sleep between ops",
                 "workers": "two sessions side by side on whole frames, half the threads each"}
+# Not a baseline of the overhead goal, a second point of reference: what a user's own script does without infocut.
+LOOP = "decode, resize and infer each frame of the source in turn, one session spinning (a plain script)"
 # (cut, bottleneck width K; 0: none) of the sweep's MobileNetV2 heads. K: the linear encoder of the learned
 # bottleneck (splitter/bottleneck.py, "linear+bg" at stride 1): the per-location normal mean subtracted, a 1x1
 # conv to K channels, then the quantizer.
@@ -216,9 +220,11 @@ def thread_group(name: str) -> str:
 
 
 def bare(args) -> dict:
-    """head.onnx in plain onnxruntime on preprocessed frames, laid out as `args.layout` (BARE_LAYOUTS); also
-    each stage's cost run alone."""
+    """head.onnx in plain onnxruntime on preprocessed frames, laid out as `args.layout` (BARE_LAYOUTS), or
+    `loop` (LOOP: decoding and resizing the source's frames in the timed loop); also each stage's cost run alone."""
     from codec.stream import StreamEncoder
+    from edge.preprocess import to_input
+    from edge.source import open_source
     from edge.stages import batch_scheduling
     from infocut.artifact import load_artifact
 
@@ -243,12 +249,23 @@ def bare(args) -> dict:
             done.append((end, cpu_s()))
         threads.at_exit()
 
+    def loop(_: int) -> None:  # the source's own frames, each decoded and resized as the agent does
+        with open_source(args.source) as src:
+            for i, cap in zip(range(args.frames), src):
+                image = to_input(cap.image, art.input_size)[None]
+                t = time.perf_counter()
+                codes[i] = sessions[0].run(art.cut_names, {"image": image})
+                end = time.perf_counter()
+                times[i] = end - t
+                done.append((end, cpu_s()))
+        del codes[len(done):], times[len(done):]  # a source shorter than --frames
+
     with ThreadCPU() as threads:
         cpu0, t0 = cpu_s(), time.perf_counter()
         workers = [threading.Thread(target=run, args=(k,), name=f"bare_infer{k}") for k in range(1, n)]
         for w in workers:
             w.start()
-        run(0)
+        (loop if args.layout == "loop" else run)(0)
         for w in workers:
             w.join()
         wall, cpu = time.perf_counter() - t0, cpu_s() - cpu0
@@ -257,14 +274,15 @@ def bare(args) -> dict:
         t = time.perf_counter()
         data = stream.encode(c, len(enc))
         enc.append((time.perf_counter() - t, len(data)))
+    count = len(done)
     return {
-        "layout": args.layout, "frames": args.frames, "distinct_frames": len(frames), "wall_s": wall,
-        **steady(done, args.frames), "fps_whole_run": args.frames / wall, "cpu_s_per_frame_whole_run": cpu / args.frames,
+        "layout": args.layout, "frames": count, "distinct_frames": count if args.layout == "loop" else len(frames),
+        "wall_s": wall, **steady(done, count), "fps_whole_run": count / wall, "cpu_s_per_frame_whole_run": cpu / count,
         "head_ms_p50": 1e3 * float(np.median(times)), "peak_rss_mb": peak_rss_mb(),
         "alone_ms_p50": {"capture": 1e3 * float(np.median(decode_s)), "preprocess": 1e3 * float(np.median(prep_s)),
                          "head": 1e3 * float(np.median(times)), "encode": 1e3 * float(np.median([e[0] for e in enc]))},
         "bytes_per_frame": float(np.mean([e[1] for e in enc])),
-        "thread_cpu_ms_per_frame": {k: 1e3 * v / args.frames
+        "thread_cpu_ms_per_frame": {k: 1e3 * v / count
                                     for k, v in threads.by_group("main (onnxruntime caller)").items()},
     }
 
@@ -548,8 +566,8 @@ def server(cmd: list[str], address: str):
 def run_mode(args, mode: str) -> dict:
     """One timed run: bare onnxruntime in one of its layouts ("bare:spin", ...), or the agent against a fresh
     sink or cloud."""
-    if mode.startswith("bare:"):
-        return run_worker(args, "bare", layout=mode[5:])
+    if mode.startswith("bare:") or mode == "loop":
+        return run_worker(args, "bare", layout=mode.removeprefix("bare:"))
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:  # the cloud's database
         cmd = [sys.executable, __file__, "--serve-sink", str(port), "--artifact", str(args.artifact)] \
@@ -578,6 +596,9 @@ def print_report(result: dict, console) -> None:
                   f"{r['fps']:.1f}", f"{r['fps_whole_run']:.1f}", f"{r['ms_per_frame']:.1f}", "", "",
                   f"{1e3 * r['cpu_s_per_frame']:.1f}", "",
                   f"{r['peak_rss_mb']:.0f}", "")
+    lp = result["loop"]
+    t.add_row("plain loop: decode + resize + head", f"{lp['fps']:.1f}", f"{lp['fps_whole_run']:.1f}",
+              f"{lp['ms_per_frame']:.1f}", "", "", f"{1e3 * lp['cpu_s_per_frame']:.1f}", "", f"{lp['peak_rss_mb']:.0f}", "")
     modes = [m for m in ("sink", "cloud") if result.get(m)]
     for mode in modes:
         r = result[mode]
@@ -616,6 +637,10 @@ def print_report(result: dict, console) -> None:
         lo, hi = result[m]["overhead_pct_paired_ci95"]
         console.print(f"{m}: paired overhead {result[m]['overhead_pct_paired']:+.1f}%, 95% bootstrap interval of "
                       f"its median {lo:+.1f}% .. {hi:+.1f}% over {len(result[m]['overhead_pct_runs'])} pairs")
+    console.print(f"plain loop: {LOOP}; not the baseline but what infocut adds over a user's own script: "
+                  + ", ".join(f"{m} {result[m]['vs_loop_pct_paired']:+.1f}% (paired, 95% interval "
+                              f"{result[m]['vs_loop_pct_paired_ci95'][0]:+.1f}% .. {result[m]['vs_loop_pct_paired_ci95'][1]:+.1f}%)"
+                              for m in modes))
     console.print("overhead: against the fastest bare layout (the baseline); paired: each agent run against that "
                   "layout's run just before it. The receiver's own CPU per frame (on one machine it shares "
                   "these cores; a real cloud would not): "
@@ -643,7 +668,7 @@ def print_report(result: dict, console) -> None:
                       f"{r['cpu_ms_per_frame']:.1f}")
         console.print(w)
     runs = {f"bare, {BARE_LAYOUTS[k]}": r for k, r in result["bare_layouts"].items()}
-    runs.update({m: result[m] for m in modes})
+    runs.update({"plain loop": result["loop"], **{m: result[m] for m in modes}})
     for mode, r in runs.items():
         if len(r.get("fps_runs", [])) > 1:
             console.print(f"{mode}: fps per run {', '.join(f'{x:.1f}' for x in r['fps_runs'])}")
@@ -674,7 +699,7 @@ def main() -> None:
     parser.add_argument("--no-cloud", action="store_true", help="skip the run against a real cloud")
     parser.add_argument("--no-sweep", action="store_true", help="skip the head sweep over cuts and input sizes")
     parser.add_argument("--worker", choices=("bare", "agent", "sweep"), help=argparse.SUPPRESS)
-    parser.add_argument("--layout", choices=tuple(BARE_LAYOUTS), default="spin", help=argparse.SUPPRESS)
+    parser.add_argument("--layout", choices=(*BARE_LAYOUTS, "loop"), default="spin", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--cloud", help=argparse.SUPPRESS)
     parser.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
@@ -709,7 +734,7 @@ def main() -> None:
                                      "of the median runs, bare being the layout with the highest median fps; paired: the "
                                      "median over runs of the same ratio against that layout's run just before; cpu "
                                      "overhead: pipeline CPU s per frame / that layout's CPU s per frame - 1"}
-    modes = [f"bare:{k}" for k in BARE_LAYOUTS] + ["sink"] + ([] if args.no_cloud else ["cloud"])
+    modes = ["loop"] + [f"bare:{k}" for k in BARE_LAYOUTS] + ["sink"] + ([] if args.no_cloud else ["cloud"])
     runs: dict[str, list[dict]] = defaultdict(list)
     with progress(console) as bar:
         task = bar.add_task("edge bench", total=args.repeat * len(modes) + (not args.no_sweep))
@@ -729,13 +754,16 @@ def main() -> None:
     best = max(BARE_LAYOUTS, key=lambda k: result["bare_layouts"][k]["fps"])  # the baseline: bare at its fastest
     result["bare"] = result["bare_layouts"][best]
     for mode, rs in runs.items():
-        if not mode.startswith("bare"):
+        if mode in ("sink", "cloud"):
             result[mode]["overhead_pct"] = 100 * (result["bare"]["fps"] / result[mode]["fps"] - 1)
             # each run against the bare run just before it: a drift of the machine's speed hits both alike
             paired = [100 * (b["fps"] / x["fps"] - 1) for b, x in zip(runs[f"bare:{best}"], rs, strict=True)]
             result[mode]["overhead_pct_paired"] = float(np.median(paired))
             result[mode]["overhead_pct_paired_ci95"] = median_ci(paired)
             result[mode]["overhead_pct_runs"] = paired
+            vs_loop = [100 * (b["fps"] / x["fps"] - 1) for b, x in zip(runs["loop"], rs, strict=True)]
+            result[mode]["vs_loop_pct_paired"] = float(np.median(vs_loop))
+            result[mode]["vs_loop_pct_paired_ci95"] = median_ci(vs_loop)
             result[mode]["cpu_overhead_pct"] = 100 * (result[mode]["cpu_s_per_frame"] / result["bare"]["cpu_s_per_frame"]
                                                       - 1)
             if result[mode]["frames"] != result[mode]["captured"] or result[mode]["dropped"]:

@@ -22,7 +22,7 @@ def test_edge_bench_runs_the_agent_and_accounts_for_every_frame(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "agent>sink" in proc.stdout and "bare ORT" in proc.stdout
+    assert "agent>sink" in proc.stdout and "bare ORT" in proc.stdout and "plain loop" in proc.stdout
     r = json.loads(out.read_text())
     bare, sink = r["bare"], r["sink"]
     assert (sink["frames"], sink["captured"], sink["rejected"], sink["dropped"]) == (FRAMES, FRAMES, 0, 0)
@@ -36,6 +36,11 @@ def test_edge_bench_runs_the_agent_and_accounts_for_every_frame(tmp_path):
     layouts = r["bare_layouts"]
     assert set(layouts) == {"spin", "sleep", "workers"} and bare["layout"] in layouts
     assert bare["fps"] == max(x["fps"] for x in layouts.values())
+    # The plain loop decodes every frame of the clip itself, and is a reference beside the baseline, not it.
+    loop = r["loop"]
+    assert (loop["layout"], loop["frames"], loop["distinct_frames"]) == ("loop", FRAMES, FRAMES)
+    assert loop["bytes_per_frame"] == pytest.approx(sink["bytes_per_frame"], rel=0.01)  # the same frames coded
+    assert sink["vs_loop_pct_paired"] == pytest.approx(100 * (loop["fps"] / sink["fps"] - 1))
     assert sink["head_workers"] == min(2, len(sink["cpus"]))  # the agent's default on a CPU head
     assert sink["receiver_cpu_s_per_frame"] >= 0  # clock ticks of 10 ms: a few frames may not show one
     assert sink["overhead_pct_paired"] == pytest.approx(sink["overhead_pct"])  # one run: its own pair
