@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -64,10 +65,13 @@ def child(args) -> None:
 
 
 def instructions(codes: Path, coder: Path, artifact: Path, repeat: int) -> int:
+    # Idle BLAS threads spin a number of times that depends on timing, and hashing is salted per process:
+    # without them the count repeats to within a fraction of a percent.
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     out = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
          "--child", str(codes), "--coder", str(coder), "--artifact", str(artifact), "--repeat", str(repeat)],
-        capture_output=True, text=True, check=True, cwd=REPO)
+        capture_output=True, text=True, check=True, cwd=REPO, env=env)
     return int(re.search(r"Collected : (\d+)", out.stderr).group(1))
 
 
