@@ -42,4 +42,4 @@ def test_the_same_coder_counts_the_same_instructions(tmp_path):
     counts = [r["instructions_per_delta_frame"] for r in rows]
     assert min(counts) > 1e6  # a delta frame of the demo is millions of instructions
     if not subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "codec/coders/ans.py"], cwd=REPO).returncode:
-        assert counts[0] == pytest.approx(counts[1], rel=0.02)  # the same file: deterministic counts
+        assert counts[0] == pytest.approx(counts[1], rel=0.002)  # the same file: the count repeats
