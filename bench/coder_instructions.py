@@ -5,8 +5,9 @@ millisecond in the coder cannot be timed reliably. An instruction count is the s
 says whether a change does less work, though not how the CPU's caches take it.
 
 The artifact's head runs once over the first frames of the clip. Then, for the working tree's
-`codec/coders/ans.py` and for each `--rev` given, a child process under callgrind codes those frames'
-delta frames (each against the one before), N times. The count per delta frame is the difference of
+`codec/coders/ans.py` and for each `--rev` given (that revision's file alone: what it imports comes from
+the working tree), a child process under callgrind codes those frames' delta frames (each against the
+one before), N times. The count per delta frame is the difference of
 N = 2 and N = 0, so that the start (Python, numpy, the imports) cancels out:
 (I(2) - I(0)) / (2 (frames - 1)). Needs valgrind (Debian: `apt-get install valgrind`).
 
