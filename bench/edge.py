@@ -129,6 +129,11 @@ def steady(done: list[tuple[float, float]], frames: int) -> dict:
             "steady_frames": n}
 
 
+def paired_pct(reference: list[dict], runs: list[dict]) -> list[float]:
+    """Each run's extra time per frame over the reference run of the same round, in %."""
+    return [100 * (b["fps"] / x["fps"] - 1) for b, x in zip(reference, runs, strict=True)]
+
+
 def median_ci(values: list[float], level: float = 0.95, resamples: int = 10_000) -> tuple[float, float]:
     """A bootstrap interval of the median of `values` (seeded: the same runs give the same interval). On a VM
     whose speed drifts between runs, it says how far the median of a few pairs may sit from the truth."""
@@ -757,11 +762,11 @@ def main() -> None:
         if mode in ("sink", "cloud"):
             result[mode]["overhead_pct"] = 100 * (result["bare"]["fps"] / result[mode]["fps"] - 1)
             # each run against the bare run just before it: a drift of the machine's speed hits both alike
-            paired = [100 * (b["fps"] / x["fps"] - 1) for b, x in zip(runs[f"bare:{best}"], rs, strict=True)]
+            paired = paired_pct(runs[f"bare:{best}"], rs)
             result[mode]["overhead_pct_paired"] = float(np.median(paired))
             result[mode]["overhead_pct_paired_ci95"] = median_ci(paired)
             result[mode]["overhead_pct_runs"] = paired
-            vs_loop = [100 * (b["fps"] / x["fps"] - 1) for b, x in zip(runs["loop"], rs, strict=True)]
+            vs_loop = paired_pct(runs["loop"], rs)
             result[mode]["vs_loop_pct_paired"] = float(np.median(vs_loop))
             result[mode]["vs_loop_pct_paired_ci95"] = median_ci(vs_loop)
             result[mode]["cpu_overhead_pct"] = 100 * (result[mode]["cpu_s_per_frame"] / result["bare"]["cpu_s_per_frame"]

@@ -117,9 +117,8 @@ def _delta_runs(flat: np.ndarray, r: np.ndarray, c: int, n: int, s: int) -> tupl
     per_run[1:] -= ends[:-1]
     changes = np.ones(len(ext), bool)
     changes[ends - 1] = False
-    chan = np.repeat(np.arange(c, dtype=_group_dtype(c, s)), per_run)
-    pos = (ext - chan)[changes]
-    chan = chan[changes]
+    chan = np.repeat(np.arange(c, dtype=_group_dtype(c, s)), per_run - 1)  # a channel's runs: its changes + 1
+    pos = ext[changes] - chan
     big = np.flatnonzero(gaps >= GAP_ESCAPE)  # few: most runs are short
     symbols = (gaps & (GAP_ESCAPE - 1)).astype(np.int32)
     if not big.size:
