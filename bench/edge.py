@@ -286,7 +286,7 @@ def bare(args) -> dict:
         "head_ms_p50": 1e3 * float(np.median(times)), "peak_rss_mb": peak_rss_mb(),
         "alone_ms_p50": {"capture": 1e3 * float(np.median(decode_s)), "preprocess": 1e3 * float(np.median(prep_s)),
                          "head": 1e3 * float(np.median(times)), "encode": 1e3 * float(np.median([e[0] for e in enc]))},
-        "bytes_per_frame": float(np.mean([e[1] for e in enc])),
+        "bytes_per_frame": float(np.mean([e[1] for e in enc])), "key_frames": stream.key_frames,
         "thread_cpu_ms_per_frame": {k: 1e3 * v / count
                                     for k, v in threads.by_group("main (onnxruntime caller)").items()},
     }
@@ -411,6 +411,7 @@ def agent(args) -> dict:
         "head_workers": len(cam.heads), "wall_s": wall, **steady(acked, args.frames), "fps_whole_run": n / wall,
         "edge_fps_whole_run": n / (spooled_at[0] - t0), "cpu_s_per_frame_whole_run": cpu / max(n, 1),
         "peak_rss_mb": peak_rss_mb(), "bytes_per_frame": stats.encoded_bytes / max(stats.captured, 1),
+        "key_frames": cam.encoder.key_frames,
         "stage_ms_p50": stages,
     }
 

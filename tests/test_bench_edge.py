@@ -27,8 +27,13 @@ def test_edge_bench_runs_the_agent_and_accounts_for_every_frame(tmp_path):
     bare, sink = r["bare"], r["sink"]
     assert (sink["frames"], sink["captured"], sink["rejected"], sink["dropped"]) == (FRAMES, FRAMES, 0, 0)
     assert r["threads"] == 2 and len(bare["cpus"]) == len(sink["cpus"]) <= 2
-    # The same clip frames through the same head: the agent's frames cost what bare's encoded codes cost.
-    assert sink["bytes_per_frame"] == pytest.approx(bare["bytes_per_frame"], rel=0.01)
+    # The same clip frames through the same head: the agent's frames cost what bare's encoded codes cost, but
+    # for a key frame more when the link's key request at connect comes after the first frame was coded.
+    assert sink["key_frames"] in (bare["key_frames"], bare["key_frames"] + 1)
+    if sink["key_frames"] == bare["key_frames"]:
+        assert sink["bytes_per_frame"] == pytest.approx(bare["bytes_per_frame"], rel=0.01)
+    else:
+        assert sink["bytes_per_frame"] > bare["bytes_per_frame"]
     assert sink["overhead_pct"] == pytest.approx(100 * (bare["fps"] / sink["fps"] - 1))
     assert sink["steady_frames"] == bare["steady_frames"] == FRAMES - 2  # the first left out, then intervals
     assert sink["fps_whole_run"] > 0 and sink["cpu_s_per_frame"] > 0
@@ -39,7 +44,7 @@ def test_edge_bench_runs_the_agent_and_accounts_for_every_frame(tmp_path):
     # The plain loop decodes every frame of the clip itself, and is a reference beside the baseline, not it.
     loop = r["loop"]
     assert (loop["layout"], loop["frames"], loop["distinct_frames"]) == ("loop", FRAMES, FRAMES)
-    assert loop["bytes_per_frame"] == pytest.approx(sink["bytes_per_frame"], rel=0.01)  # the same frames coded
+    assert loop["bytes_per_frame"] == pytest.approx(bare["bytes_per_frame"], rel=0.01)  # the same frames coded
     assert sink["vs_loop_pct_paired"] == pytest.approx(100 * (loop["fps"] / sink["fps"] - 1))
     assert sink["head_workers"] == min(2, len(sink["cpus"]))  # the agent's default on a CPU head
     assert sink["receiver_cpu_s_per_frame"] >= 0  # clock ticks of 10 ms: a few frames may not show one
