@@ -12,7 +12,7 @@ refused unless it consumes the payload exactly and the runs add up to each chann
 
 from __future__ import annotations
 
-import hashlib
+import weakref
 
 import numpy as np
 
@@ -32,21 +32,23 @@ NEEDS_MODEL = True
 
 ESCAPE_SHIFT = GAP_ESCAPE.bit_length() - 1
 assert GAP_ESCAPE == 1 << ESCAPE_SHIFT, "runs are cut into escapes with shifts"
-_MODELS: dict[tuple, list] = {}  # constriction models of a table, built once per process
+_MODELS: dict[int, tuple[weakref.ref, list]] = {}  # constriction models of a table, built once per table
 
 
 def _categoricals(table: np.ndarray) -> list:
-    """One constriction Categorical per row of an integer table (cached by content)."""
+    """One constriction Categorical per row of an integer table, built once per table object. Tables are
+    read-only (codec/entropy_model.py), so the object names its content: no hash of it on every frame."""
     if constriction is None:
         raise CodecError("the ans coder needs the 'constriction' package (pip install constriction)")
-    key = (table.shape, hashlib.sha1(table.tobytes()).digest())
-    models = _MODELS.get(key)
-    if models is None:
-        rows = table.reshape(-1, table.shape[-1]).astype(np.float64) / float(1 << PRECISION)  # exact
-        models = [constriction.stream.model.Categorical(r, perfect=False) for r in rows]
-        if len(_MODELS) > 64:
-            _MODELS.clear()
-        _MODELS[key] = models
+    if table.flags.writeable:
+        raise CodecError("entropy tables must be read-only arrays (EntropyModel makes them so)")
+    key = id(table)
+    hit = _MODELS.get(key)
+    if hit is not None and hit[0]() is table:
+        return hit[1]
+    rows = table.reshape(-1, table.shape[-1]).astype(np.float64) / float(1 << PRECISION)  # exact
+    models = [constriction.stream.model.Categorical(r, perfect=False) for r in rows]
+    _MODELS[key] = (weakref.ref(table, lambda _, k=key: _MODELS.pop(k, None)), models)
     return models
 
 
@@ -79,27 +81,24 @@ def _reference(model: EntropyModel, ref: np.ndarray, c: int, n: int) -> np.ndarr
     return r
 
 
-def _group_dtype(c: int, s: int) -> type:
-    """Group numbers g = k * s + p fit 16 bits for most models, which numpy's stable argsort radix-sorts."""
-    return np.uint16 if c * s <= 1 << 16 else np.int64
+def _by_reference(chan: np.ndarray, refs: np.ndarray, c: int, s: int) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """The changes (in position order, so their channels `chan` ascend; `refs` their reference codes p) grouped
+    by (channel k, p) for coding: (a stable permutation that sorts them by p; (g = k * s + p, start, end) of each
+    nonempty group, g ascending, a group being the slice [start, end) of the sorted changes, in position order).
+    Sorting on p alone is one radix pass over bytes where (k, p) would take two over 16-bit numbers; the
+    groups still come out whole, in the order they are coded."""
+    order = np.argsort(refs, kind="stable")
+    counts = np.bincount(chan * s + refs, minlength=c * s).reshape(c, s)
+    before = np.cumsum(counts.sum(0)) - counts.sum(0)  # changes of smaller reference codes, per p
+    starts = np.cumsum(counts, 0) - counts + before  # then those of channels before k with the same p
+    g = np.flatnonzero(counts)
+    begin = starts.reshape(-1)[g]
+    return order, list(zip(g.tolist(), begin.tolist(), (begin + counts.reshape(-1)[g]).tolist()))
 
 
-def _by_reference(chan: np.ndarray, refs: np.ndarray, s: int) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
-    """The changes (in position order; `chan` their channels k as _group_dtype, `refs` their reference codes p)
-    grouped by (k, p), in group order g = k * s + p: (the permutation that sorts the changes so, position order
-    kept within a group; (g, start, end) of each nonempty group in the sorted changes). Each group is then one
-    contiguous slice: no mask nor gather per group."""
-    g = chan * s
-    g += refs
-    order = np.argsort(g, kind="stable")
-    counts = np.bincount(g)
-    ends = np.cumsum(counts).tolist()
-    return order, [(k, ends[k] - counts[k], ends[k]) for k in np.flatnonzero(counts).tolist()]
-
-
-def _delta_runs(flat: np.ndarray, r: np.ndarray, c: int, n: int, s: int) -> tuple[np.ndarray, ...]:
-    """(the flat positions whose code differs from the reference's, their channels (as _group_dtype(c, s)),
-    gap symbols, gap symbols per channel).
+def _delta_runs(flat: np.ndarray, r: np.ndarray, c: int, n: int) -> tuple[np.ndarray, ...]:
+    """(the flat positions whose code differs from the reference's, their channels, gap symbols, gap symbols
+    per channel).
 
     Each channel's run of unchanged codes before each change, and after its last (a change at position n
     that is not one); a run of g codes is g // GAP_ESCAPE escapes then g % GAP_ESCAPE. Laid out as c rows of
@@ -117,7 +116,7 @@ def _delta_runs(flat: np.ndarray, r: np.ndarray, c: int, n: int, s: int) -> tupl
     per_run[1:] -= ends[:-1]
     changes = np.ones(len(ext), bool)
     changes[ends - 1] = False
-    chan = np.repeat(np.arange(c, dtype=_group_dtype(c, s)), per_run - 1)  # a channel's runs: its changes + 1
+    chan = np.repeat(np.arange(c), per_run - 1)  # a channel's runs: its changes + 1
     pos = ext[changes] - chan
     big = np.flatnonzero(gaps >= GAP_ESCAPE)  # few: most runs are short
     symbols = (gaps & (GAP_ESCAPE - 1)).astype(np.int32)
@@ -154,7 +153,7 @@ def _decode_counts(coder, c: int, most: int) -> np.ndarray:
     return counts
 
 
-def _changes(symbols: np.ndarray, per_channel: np.ndarray, n: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+def _changes(symbols: np.ndarray, per_channel: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The inverse of _delta_runs: (the changed flat positions, their channels), or CodecError when the runs do
     not add up."""
     c = len(per_channel)
@@ -165,7 +164,7 @@ def _changes(symbols: np.ndarray, per_channel: np.ndarray, n: int, s: int) -> tu
         raise CodecError("ans payload: the runs do not add up to the channels' length")
     escape[last] = True  # each channel's end is not a change
     ext = ext[~escape]
-    chan = (ext // (n + 1)).astype(_group_dtype(c, s))
+    chan = ext // (n + 1)
     return ext - chan, chan
 
 
@@ -184,12 +183,15 @@ def encode(codes: np.ndarray, bits: int, model: EntropyModel | None = None, ref:
         return coder.get_compressed().astype("<u4").tobytes()
     r = _reference(model, ref, c, n)
     s = 1 << bits
-    pos, chan, symbols, per_channel = _delta_runs(flat, r, c, n, s)
+    pos, chan, symbols, per_channel = _delta_runs(flat, r, c, n)
     gap_models, change_models = _delta_models(model)
     if s > 2:  # at 1 bit a changed code is the other one
-        new, old = flat.take(pos), r.take(pos)
-        order, groups = _by_reference(chan, old, s)
-        values = (new - (new > old)).astype(np.int32).take(order)
+        both = np.multiply(r, s, dtype=np.uint8 if bits <= 4 else np.uint16)  # (reference, new code): one gather
+        both |= flat
+        both = both.take(pos, mode="clip")  # in range by construction: no check per index
+        new, old = both & (s - 1), both >> bits
+        order, groups = _by_reference(chan, old, c, s)
+        values = (new - (new > old)).astype(np.int32).take(order, mode="clip")
         for g, a, b in reversed(groups):  # a stack: the last group first
             coder.encode_reverse(values[a:b], change_models[g])
     ends = np.concatenate(([0], np.cumsum(per_channel))).tolist()
@@ -240,15 +242,18 @@ def _decode_delta(coder, model: EntropyModel, r: np.ndarray, c: int, n: int) -> 
     per_channel = _decode_counts(coder, c, n + 1)
     symbols = np.concatenate([coder.decode(gap_models[k], int(per_channel[k])) for k in range(c)])
     s = 1 << model.bits
-    pos, chan = _changes(symbols, per_channel, n, s)
+    pos, chan = _changes(symbols, per_channel, n)
     out = r.copy()
     old = r.take(pos)
     if s == 2:
         out[pos] = 1 - old
         return out
-    order, groups = _by_reference(chan, old, s)
-    values = np.empty(len(pos), np.int64)
-    values[order] = np.concatenate([coder.decode(change_models[g], b - a) for g, a, b in groups]) if groups else []
+    order, groups = _by_reference(chan, old, c, s)
+    grouped = np.empty(len(pos), np.int64)
+    for g, a, b in groups:
+        grouped[a:b] = coder.decode(change_models[g], b - a)
+    values = np.empty_like(grouped)
+    values[order] = grouped
     out[pos] = values + (values >= old)
     return out
 
@@ -260,7 +265,7 @@ def ideal_bits(codes: np.ndarray, model: EntropyModel, ref: np.ndarray | None = 
     flat = np.asarray(codes).reshape(-1)
     c, n = _check(model, np.shape(codes))
     r = _reference(model, ref, c, n)
-    pos, chan, symbols, per_channel = _delta_runs(flat, r, c, n, 1 << model.bits)
+    pos, chan, symbols, per_channel = _delta_runs(flat, r, c, n)
     gap, change = model.delta_tables
     freq = [gap[np.repeat(np.arange(c), per_channel), symbols]]
     if model.bits > 1:
