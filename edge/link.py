@@ -94,6 +94,7 @@ class Link:
         self.conflict = range(0)
         self.on_handshake: Callable[[int], None] | None = None  # called with the cloud's last seq
         self.request_key = request_key  # the encoder's: next frame a key frame (reconnect, missing reference)
+        self._streamed = False  # whether a stream was opened before: the first needs no key frame asked for
 
     def _retrying(self, attempt: Callable[[], bool | int]):
         """Run `attempt` until it returns a non-False value, backing off after each link failure."""
@@ -156,7 +157,9 @@ class Link:
         dead = threading.Event()
         with self._channel() as channel:
             self._handshake(channel)
-            self.request_key()
+            if self._streamed:  # the cloud may lack a reference the frames coded next would lean on; a first
+                self.request_key()  # stream starts with this process's first frame, a key frame anyway
+            self._streamed = True
             resent = self.outbox.rewind()
             if resent:
                 log.info("event=replay camera=%s frames=%d", self.camera_id, resent)
