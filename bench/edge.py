@@ -21,7 +21,7 @@ run's rate, with the agent's start (connect, open the source, fill the stages), 
 Per-stage wall and CPU times are the agent's own calls, timed in place (the stages run in parallel
 threads, so they do not add up to the frame period); send is the time from the link taking a frame off
 the spool to the cloud's result. CPU per thread comes from /proc (onnxruntime's pool, the head thread,
-encode, capture, gRPC). Peak RSS is each process's own (getrusage). `--repeat R` interleaves R runs of
+encode, capture, gRPC). Peak RSS is each process's own (getrusage), as are its page faults and context switches (JSON only). `--repeat R` interleaves R runs of
 each mode and keeps the median, with a bootstrap interval of the paired overhead's median. Then the
 sweep times the head alone at other cuts, with a learned bottleneck's encoder and at smaller inputs
 (each exported afresh by splitter/, which needs torch), with its FLOPs: where 30 fps is reached.
@@ -75,6 +75,9 @@ LOOP = "decode, resize and infer each frame of the source in turn, one session s
 SWEEP_HEADS = [("block2", 0), ("block3", 0), ("block3", 4), ("block3", 16), ("block5", 0)]
 SWEEP_SIZES = [(240, 360), (360, 540), (480, 720)]  # Ped2's native size, 1.5x, the demo's 2x
 SWEEP_FRAMES = 15
+# The work the agent adds to the head per frame whatever its design: decode, resize, code. Each run alone (in the
+# bare worker, one thread, nothing beside it), against bare's CPU per frame: a floor under the overhead.
+SIDE_STAGES = ("capture", "preprocess", "encode")
 
 
 # ---------------------------------------------------------------- in the worker processes
@@ -505,6 +508,8 @@ def worker(args) -> None:
     args.cpus = pin(args.cores)
     out = {"bare": bare, "agent": agent, "sweep": sweep}[args.worker](args)
     out["cpus"] = args.cpus
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    out["rusage"] = {"minflt": r.ru_minflt, "nvcsw": r.ru_nvcsw, "nivcsw": r.ru_nivcsw}
     Path(args.out).write_text(json.dumps(out))
 
 
@@ -651,6 +656,11 @@ def print_report(result: dict, console) -> None:
                   "layout's run just before it. The receiver's own CPU per frame (on one machine it shares "
                   "these cores; a real cloud would not): "
                   + ", ".join(f"{m} {1e3 * result[m]['receiver_cpu_s_per_frame']:.1f} ms" for m in modes))
+    side = result["side_alone"]
+    console.print("floor: the agent's own work per frame, each stage run alone ("
+                  + " + ".join(f"{k} {v:.2f}" for k, v in side["ms_per_frame"].items())
+                  + f" ms), is {side['pct_of_bare_cpu']:.1f}% of bare's CPU per frame before any gRPC, queue or "
+                  "sharing of the cores")
     console.print("head CPU: bare's; other: the agent's CPU less bare's head and the stages above (gRPC, the link, "
                   "queues, onnxruntime spinning); send: from the link taking a frame off the spool to its result")
     th = Table(title="CPU ms per frame by thread (from /proc): where the agent's CPU goes")
@@ -775,6 +785,10 @@ def main() -> None:
             if result[mode]["frames"] != result[mode]["captured"] or result[mode]["dropped"]:
                 console.print(f"[red]agent -> {mode}: {result[mode]['captured']} captured, "
                               f"{result[mode]['frames']} acked, {result[mode]['dropped']} dropped[/red]")
+    alone = result["bare"]["alone_ms_p50"]
+    side = {k: alone[k] for k in SIDE_STAGES}
+    result["side_alone"] = {"ms_per_frame": side, "pct_of_bare_cpu": 100 * sum(side.values())
+                            / (1e3 * result["bare"]["cpu_s_per_frame"])}
     result["loadavg_end"] = os.getloadavg()
     print_report(result, console)
     args.json.parent.mkdir(parents=True, exist_ok=True)

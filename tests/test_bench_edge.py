@@ -44,6 +44,10 @@ def test_edge_bench_runs_the_agent_and_accounts_for_every_frame(tmp_path):
     assert loop["bytes_per_frame"] == pytest.approx(bare["bytes_per_frame"], rel=0.01)  # the same frames coded
     assert sink["vs_loop_pct_paired"] == pytest.approx(100 * (loop["fps"] / sink["fps"] - 1))
     assert sink["head_workers"] == min(2, len(sink["cpus"]))  # the agent's default on a CPU head
+    # The floor: the baseline run's decode, resize and coding timed alone, against its CPU per frame.
+    side = r["side_alone"]["ms_per_frame"]
+    assert side == {k: bare["alone_ms_p50"][k] for k in ("capture", "preprocess", "encode")}
+    assert r["side_alone"]["pct_of_bare_cpu"] == pytest.approx(sum(side.values()) / (10 * bare["cpu_s_per_frame"]))
     assert sink["receiver_cpu_s_per_frame"] >= 0  # clock ticks of 10 ms: a few frames may not show one
     assert sink["overhead_pct_paired"] == pytest.approx(sink["overhead_pct"])  # one run: its own pair
     assert set(sink["stage_ms_p50"]) == {"capture", "preprocess", "head", "encode", "spool", "send"}
