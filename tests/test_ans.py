@@ -280,3 +280,23 @@ def test_changes_are_grouped_by_channel_then_reference_code_in_position_order(dt
     for g, a, b in groups:  # the group's changes, in position order
         np.testing.assert_array_equal(order[a:b], np.flatnonzero((chan == g // s) & (refs == g % s)))
     assert sum(b - a for _, a, b in groups) == m
+
+
+def test_coder_models_are_built_once_per_table_and_dropped_with_it(model):
+    # Built on a table's first use, found again by the table object itself (no hash of its content per frame),
+    # and gone with the table: artifacts loaded again and again do not pile up models.
+    import gc
+
+    vid = scene(frames=2, seed=4)
+    fresh = EntropyModel.from_json(json.loads(json.dumps(model.to_json())))
+    ans.encode(vid[1][None], 3, fresh, vid[0][None])
+    gap, change = fresh.delta_tables
+    keys = {id(gap), id(change)}
+    models = ans._categoricals(gap)
+    assert keys <= set(ans._MODELS) and ans._categoricals(gap) is models
+    del fresh, gap, change, models
+    gc.collect()
+    assert not keys & set(ans._MODELS)
+    writable = np.array(model.intra)  # a copy: writable, so its content could change under the same object
+    with pytest.raises(CodecError, match="read-only"):
+        ans._categoricals(writable)
