@@ -21,8 +21,11 @@ run's rate, with the agent's start (connect, open the source, fill the stages), 
 Per-stage wall and CPU times are the agent's own calls, timed in place (the stages run in parallel
 threads, so they do not add up to the frame period); send is the time from the link taking a frame off
 the spool to the cloud's result. CPU per thread comes from /proc (onnxruntime's pool, the head thread,
-encode, capture, gRPC). Peak RSS is each process's own (getrusage), as are its page faults and context switches (JSON only). `--repeat R` interleaves R runs of
-each mode and keeps the median, with a bootstrap interval of the paired overhead's median. Then the
+encode, capture, gRPC). Peak RSS is each process's own (getrusage), as are its page faults and context
+switches (JSON only). `--repeat R` interleaves R runs of each mode and keeps the median, with a bootstrap
+interval of the paired overhead's median. The floor (`side_alone`): decoding, resizing and coding, each
+timed alone in the baseline's process, against its CPU per frame: what the agent adds whatever its
+design, before any gRPC, queue or sharing of the cores. Then the
 sweep times the head alone at other cuts, with a learned bottleneck's encoder and at smaller inputs
 (each exported afresh by splitter/, which needs torch), with its FLOPs: where 30 fps is reached.
 
