@@ -256,24 +256,22 @@ def bare(args) -> dict:
     order = [frames[i % len(frames)] for i in range(args.frames)]  # a few distinct frames, cycled: modest RSS
     times, codes, done = [0.0] * len(order), [None] * len(order), []
 
+    def infer(i: int, sess, image: np.ndarray) -> None:  # frame i through the head, timed
+        t = time.perf_counter()
+        codes[i] = sess.run(art.cut_names, {"image": image})
+        end = time.perf_counter()
+        times[i] = end - t
+        done.append((end, cpu_s()))
+
     def run(k: int) -> None:  # session k runs frames k, k + n, ...
         for i in range(k, len(order), n):
-            t = time.perf_counter()
-            codes[i] = sessions[k].run(art.cut_names, {"image": order[i][None]})
-            end = time.perf_counter()
-            times[i] = end - t
-            done.append((end, cpu_s()))
+            infer(i, sessions[k], order[i][None])
         threads.at_exit()
 
     def loop(_: int) -> None:  # the source's own frames, each decoded and resized as the agent does
         with open_source(args.source) as src:
             for i, cap in zip(range(args.frames), src):
-                image = to_input(cap.image, art.input_size)[None]
-                t = time.perf_counter()
-                codes[i] = sessions[0].run(art.cut_names, {"image": image})
-                end = time.perf_counter()
-                times[i] = end - t
-                done.append((end, cpu_s()))
+                infer(i, sessions[0], to_input(cap.image, art.input_size)[None])
         del codes[len(done):], times[len(done):]  # a source shorter than --frames
 
     with ThreadCPU() as threads:

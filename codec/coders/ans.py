@@ -89,7 +89,8 @@ def _by_reference(chan: np.ndarray, refs: np.ndarray, c: int, s: int) -> tuple[n
     groups still come out whole, in the order they are coded."""
     order = np.argsort(refs, kind="stable")
     counts = np.bincount(chan * s + refs, minlength=c * s).reshape(c, s)
-    before = np.cumsum(counts.sum(0)) - counts.sum(0)  # changes of smaller reference codes, per p
+    per_code = counts.sum(0)
+    before = np.cumsum(per_code) - per_code  # changes of smaller reference codes, per p
     starts = np.cumsum(counts, 0) - counts + before  # then those of channels before k with the same p
     g = np.flatnonzero(counts)
     begin = starts.reshape(-1)[g]
